@@ -1,0 +1,206 @@
+"""Decoding raw head outputs into boxes, shared by CenterNet and CornerNet.
+
+Boxes come out as ``xyxy`` in output-map pixels; the LightningModule maps them to original
+image pixels with the transform recorded per image.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from keypointdet.losses import gather_at
+
+
+class Peaks(NamedTuple):
+    """Top-K keypoints over all classes of a heatmap: each field ``[B, K]``."""
+
+    scores: Tensor
+    labels: Tensor
+    index: Tensor
+    xs: Tensor
+    ys: Tensor
+
+
+def peak_nms(heatmap: Tensor, kernel: int = 3) -> Tensor:
+    """Zero every value of ``heatmap [B, C, H, W]`` that is not the maximum of its ``kernel`` window."""
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"peak kernel must be a positive odd size, got {kernel}")
+    pooled = F.max_pool2d(heatmap, kernel, stride=1, padding=(kernel - 1) // 2)
+    return heatmap * (pooled == heatmap)
+
+
+def topk_peaks(heatmap: Tensor, k: int) -> Peaks:
+    """The ``k`` highest values of ``heatmap [B, C, H, W]`` over all classes and positions.
+
+    ``k`` is capped at ``C * H * W``. ``index`` is the flat position ``y * W + x`` within a class map.
+    """
+    batch, _, height, width = heatmap.shape
+    k = min(k, heatmap[0].numel())
+    scores, flat = heatmap.reshape(batch, -1).topk(k)
+    labels = torch.div(flat, height * width, rounding_mode="floor")
+    index = flat - labels * height * width
+    ys = torch.div(index, width, rounding_mode="floor")
+    return Peaks(scores, labels, index, index - ys * width, ys)
+
+
+def refined_peaks(heatmap: Tensor, offset: Tensor, k: int, nms_kernel: int = 3) -> tuple[Peaks, Tensor, Tensor]:
+    """The ``k`` best peaks of ``sigmoid(heatmap [B, C, H, W])`` and their refined positions.
+
+    Returns the peaks (scores in [0, 1]) and ``xs``, ``ys`` ``[B, K]``: each peak's cell plus the
+    sub-cell ``offset [B, 2, H, W]`` (x, y) predicted there, in output pixels.
+    """
+    peaks = topk_peaks(peak_nms(torch.sigmoid(heatmap.float()), nms_kernel), k)
+    shift = gather_at(offset.float(), peaks.index)
+    return peaks, peaks.xs + shift[..., 0], peaks.ys + shift[..., 1]
+
+
+def centernet_decode(
+    heatmap: Tensor, size: Tensor, offset: Tensor, k: int = 100, nms_kernel: int = 3
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes from CenterNet's raw head outputs.
+
+    Args:
+        heatmap: ``[B, C, H, W]`` logits.
+        size: ``[B, 2, H, W]`` box (w, h) in output pixels.
+        offset: ``[B, 2, H, W]`` sub-cell centre offset (x, y).
+        k: detections kept per image (capped at ``C * H * W``).
+
+    Returns:
+        ``boxes [B, K, 4]`` xyxy in output pixels, ``scores [B, K]`` in [0, 1] (descending),
+        ``labels [B, K]`` int64 class indices.
+    """
+    peaks, cx, cy = refined_peaks(heatmap, offset, k, nms_kernel)
+    half_size = gather_at(size.float(), peaks.index) / 2
+    boxes = torch.stack(
+        [cx - half_size[..., 0], cy - half_size[..., 1], cx + half_size[..., 0], cy + half_size[..., 1]], dim=-1
+    )
+    return boxes, peaks.scores, peaks.labels
+
+
+def _area(boxes: Tensor) -> Tensor:
+    """Area of xyxy ``boxes [..., 4]`` (0 for inverted boxes)."""
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def _iou_with(box: Tensor, boxes: Tensor) -> Tensor:
+    """IoU of ``box [B, 4]`` with each of ``boxes [B, D, 4]`` (xyxy) -> ``[B, D]``; 0 for two empty boxes."""
+    box = box.unsqueeze(1)
+    overlap = (torch.minimum(box[..., 2:], boxes[..., 2:]) - torch.maximum(box[..., :2], boxes[..., :2])).clamp(min=0)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    union = _area(box) + _area(boxes) - intersection
+    return intersection / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor | None = None,
+    sigma: float = 0.5,
+    method: Literal["gaussian", "linear"] = "gaussian",
+    iou_threshold: float = 0.3,
+    score_threshold: float = 0.001,
+    max_dets: int = 100,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Greedy soft-NMS (Bodla et al. 2017), batched over images and candidates.
+
+    Repeatedly selects the best remaining candidate and decays the score ``s`` of every other one by
+    its IoU with it: ``s * exp(-iou^2 / sigma)`` (gaussian) or ``s * (1 - iou)`` when
+    ``iou > iou_threshold`` (linear). With ``labels``, only boxes of the selected box's class decay
+    (soft-NMS per class). Candidates whose score is or falls below ``score_threshold`` are discarded.
+    Decayed scores never exceed the last selected one, so the first ``max_dets`` selections are the
+    best ``max_dets`` results and the loop stops there.
+
+    Args:
+        boxes: ``[B, D, 4]`` xyxy.
+        scores: ``[B, D]``.
+        labels: ``[B, D]`` class indices, or None for class-agnostic suppression.
+
+    Returns:
+        ``boxes [B, max_dets, 4]``, ``scores [B, max_dets]`` (decayed, descending) and ``labels
+        [B, max_dets]`` (None without labels); the entries after an image's last selection are zeros.
+    """
+    if method not in ("gaussian", "linear"):
+        raise ValueError(f"unknown soft-NMS method {method!r}; use 'gaussian' or 'linear'")
+    batch, num_candidates = scores.shape
+    rows = torch.arange(batch, device=scores.device)
+    current = scores.clone()
+    alive = current >= score_threshold
+    selected = torch.zeros(batch, max_dets, dtype=torch.int64, device=scores.device)
+    selected_scores = scores.new_zeros(batch, max_dets)
+    found = torch.zeros(batch, max_dets, dtype=torch.bool, device=scores.device)
+    for step in range(min(num_candidates, max_dets)):
+        if not alive.any():  # every image is done (one host sync per step, at most max_dets steps)
+            break
+        found[:, step] = alive.any(dim=1)
+        best_score, best = torch.where(alive, current, float("-inf")).max(dim=1)
+        selected[:, step] = best
+        selected_scores[:, step] = torch.where(found[:, step], best_score, 0.0)
+        alive[rows, best] = False
+        iou = _iou_with(boxes[rows, best], boxes)
+        if method == "gaussian":
+            decay = torch.exp(-iou.pow(2) / sigma)
+        else:
+            decay = torch.where(iou > iou_threshold, 1 - iou, 1.0)
+        if labels is not None:
+            decay = torch.where(labels == labels[rows, best].unsqueeze(1), decay, 1.0)
+        current = current * decay
+        alive &= current >= score_threshold
+    kept_boxes = torch.where(found.unsqueeze(-1), boxes[rows.unsqueeze(1), selected], 0.0)
+    kept_labels = None if labels is None else torch.where(found, labels[rows.unsqueeze(1), selected], 0)
+    return kept_boxes, selected_scores, kept_labels
+
+
+def cornernet_decode(
+    tl_heatmap: Tensor,
+    br_heatmap: Tensor,
+    tl_embedding: Tensor,
+    br_embedding: Tensor,
+    tl_offset: Tensor,
+    br_offset: Tensor,
+    k: int = 100,
+    ae_threshold: float = 0.5,
+    num_dets: int = 1000,
+    soft_nms_sigma: float = 0.5,
+    soft_nms_method: Literal["gaussian", "linear"] = "gaussian",
+    max_dets: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes from CornerNet's raw head outputs: the top-``k`` corners of each kind, paired.
+
+    Each of the ``k x k`` (top-left, bottom-right) pairs scores the mean of its two corner scores
+    and is rejected when the classes differ, when ``|e_tl - e_br| > ae_threshold``, or when the
+    bottom-right corner lies left of or above the top-left one. The best ``num_dets`` pairs go
+    through per-class soft-NMS, which keeps the best ``max_dets``.
+
+    Args:
+        tl_heatmap, br_heatmap: ``[B, C, H, W]`` logits.
+        tl_embedding, br_embedding: ``[B, 1, H, W]``.
+        tl_offset, br_offset: ``[B, 2, H, W]`` sub-cell corner offsets (x, y).
+
+    Returns:
+        ``boxes [B, max_dets, 4]`` xyxy in output pixels, ``scores [B, max_dets]`` (descending; 0 for
+        the padding after an image's last detection), ``labels [B, max_dets]`` int64.
+    """
+    tl, tl_xs, tl_ys = refined_peaks(tl_heatmap, tl_offset, k)
+    br, br_xs, br_ys = refined_peaks(br_heatmap, br_offset, k)
+    tl_tag = gather_at(tl_embedding.float(), tl.index)[..., 0]
+    br_tag = gather_at(br_embedding.float(), br.index)[..., 0]
+    # Pairs [B, K_tl, K_br]: top-left corners along dim 1, bottom-right corners along dim 2.
+    rejected = (
+        (tl.labels.unsqueeze(2) != br.labels.unsqueeze(1))
+        | ((tl_tag.unsqueeze(2) - br_tag.unsqueeze(1)).abs() > ae_threshold)
+        | (br_xs.unsqueeze(1) < tl_xs.unsqueeze(2))
+        | (br_ys.unsqueeze(1) < tl_ys.unsqueeze(2))
+    )
+    pair_scores = torch.where(rejected, -1.0, (tl.scores.unsqueeze(2) + br.scores.unsqueeze(1)) / 2).flatten(1)
+    scores, pairs = pair_scores.topk(min(num_dets, pair_scores.shape[1]))
+    # Rejected pairs keep score -1, below any soft-NMS score threshold, so they are never output.
+    tl_pick, br_pick = torch.div(pairs, br.scores.shape[1], rounding_mode="floor"), pairs % br.scores.shape[1]
+    boxes = torch.stack(
+        [tl_xs.gather(1, tl_pick), tl_ys.gather(1, tl_pick), br_xs.gather(1, br_pick), br_ys.gather(1, br_pick)], dim=-1
+    )
+    labels = tl.labels.gather(1, tl_pick)
+    return soft_nms(boxes, scores, labels, soft_nms_sigma, soft_nms_method, max_dets=max_dets)

@@ -1,0 +1,294 @@
+"""LightningModules: a shared keypoint-detector base (optimisation, evaluation, logging) and CenterNet.
+
+A detector is a backbone returning one feature map per stack, one head per stack, a loss of the
+raw maps, a decoder of the last stack's maps, and the target encoder its data needs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from keypointdet.data.encode import CenterNetEncoder, CornerNetEncoder
+from keypointdet.decode import centernet_decode, cornernet_decode
+from keypointdet.evaluation import CocoEvaluator
+from keypointdet.losses import ae_loss, focal_loss, gather_at, regression_loss
+from keypointdet.models.heads import CenterHead, CornerHead
+
+Outputs = dict[str, Tensor]
+
+
+def mean_count_over_devices(count: Tensor) -> Tensor:
+    """A loss normaliser that does not depend on how the batch is split over devices.
+
+    DDP averages gradients over the ``world_size`` ranks, so dividing each rank's sum by
+    ``total / world_size`` gives exactly the gradient of one process on the whole batch.
+    """
+    count = count.detach().float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+        count /= dist.get_world_size()
+    return count
+
+
+class KeypointDetector(pl.LightningModule):
+    """Shared training / evaluation loop of the keypoint detectors.
+
+    Subclasses build ``self.heads`` (one per backbone stack) and implement :meth:`losses`,
+    :meth:`decode` and the ``encoder`` used by the DataModule.
+
+    Args:
+        backbone: module returning a list of feature maps (one per stack) with the attributes
+            ``out_channels``, ``num_stacks``, ``stride``, ``size_divisor``.
+        num_classes: number of classes (from the annotation file).
+        category_ids: dataset category id of each label, for COCO results.
+        class_names: name of each label, for logs and drawings.
+        optimizer: partial optimizer, completed with the parameters.
+        scheduler: partial LR scheduler (or None), completed with the optimizer and, when it takes
+            ``total_steps``, the trainer's estimated number of steps.
+        scheduler_interval: ``"step"`` or ``"epoch"``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        category_ids: Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.Adam, lr=1.25e-4),
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["backbone"])
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(1, num_classes + 1))
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in self.category_ids]
+        self.stride: int = backbone.stride
+        self.size_divisor: int = backbone.size_divisor
+        self.evaluator: CocoEvaluator | None = None
+
+    # --- to implement per detector -------------------------------------------------------------
+    @property
+    def encoder(self) -> Callable:
+        raise NotImplementedError
+
+    def losses(self, outputs: Outputs, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Weighted loss terms of one stack's raw outputs; must contain ``"loss"`` (their sum)."""
+        raise NotImplementedError
+
+    def decode(self, outputs: Outputs) -> tuple[Tensor, Tensor, Tensor]:
+        """``boxes [B, K, 4]`` xyxy in output pixels, ``scores [B, K]``, ``labels [B, K]``."""
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> list[Outputs]:
+        """``images [B, 3, H, W]`` -> the raw head outputs of every stack (the last one is used at inference)."""
+        return [head(features) for head, features in zip(self.heads, self.backbone(images))]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        outputs = self(batch["image"])
+        stacks = [self.losses(stack_outputs, batch) for stack_outputs in outputs]
+        # Intermediate supervision: every stack's loss counts, averaged as in the official code.
+        terms = {name: torch.stack([stack[name] for stack in stacks]).mean() for name in stacks[0]}
+        batch_size = batch["image"].shape[0]
+        self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=True, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        for name in ("num_dropped", "num_skipped"):
+            self.log(f"data/{name}", batch[name].sum().float(), reduce_fx="sum", on_step=False, on_epoch=True)
+        return terms["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        for name, what in (("num_dropped", "objects beyond max_objects"), ("num_skipped", "invalid boxes")):
+            count = self.trainer.callback_metrics.get(f"data/{name}")
+            if count is not None and count > 0:
+                rank_zero_warn(f"epoch {self.current_epoch}: {int(count)} {what} were not trained on")
+
+    def on_validation_epoch_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.evaluator = CocoEvaluator(datamodule.val_dataset.coco)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        for image_id, detections in zip(batch["image_id"].tolist(), self.detect(batch)):
+            self.evaluator.add(image_id, detections)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.evaluator.compute()
+        # Identical on every rank (gathered and de-duplicated), so no reduction is needed.
+        self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=False)
+        self.evaluator.reset()
+
+    @torch.no_grad()
+    def detect(self, batch: dict[str, Tensor]) -> list[list[dict[str, Any]]]:
+        """COCO results (original pixels, dataset category ids) of a collated batch, one list per image."""
+        return self.postprocess(self(batch["image"])[-1], batch)
+
+    def postprocess(self, outputs: Outputs, batch: dict[str, Tensor]) -> list[list[dict[str, Any]]]:
+        """Decode one stack's raw outputs and map the boxes to each image's original pixels."""
+        boxes, scores, labels = self.decode(outputs)
+        boxes = self.to_original(boxes, batch)
+        return [self._coco_results(*per_image) for per_image in zip(batch["image_id"].tolist(), boxes, scores, labels)]
+
+    def to_original(self, boxes: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Boxes ``[B, K, 4]`` in output pixels -> original image pixels, clipped to the image."""
+        scale, shift = batch["scale"].repeat(1, 2)[:, None], batch["shift"].repeat(1, 2)[:, None]
+        original = (boxes * self.stride - shift) / scale
+        height, width = batch["original_size"][:, 0], batch["original_size"][:, 1]
+        upper = torch.stack([width, height, width, height], dim=-1)[:, None].to(original)
+        return torch.minimum(original.clamp(min=0), upper)
+
+    def _coco_results(self, image_id: int, boxes: Tensor, scores: Tensor, labels: Tensor) -> list[dict[str, Any]]:
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        return [
+            {"image_id": image_id, "category_id": self.category_ids[label], "bbox": box, "score": score}
+            for box, score, label in zip(xywh, scores.tolist(), labels.tolist())
+            if score > 0  # padding and rejected candidates (CornerNet) score 0
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.hparams.optimizer(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        kwargs = {}
+        if "total_steps" in inspect.signature(self.hparams.scheduler).parameters:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.hparams.scheduler(optimizer=optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+
+
+class CenterNet(KeypointDetector):
+    """Objects as Points: a class heatmap of box centres, with size and sub-cell offset regressed there.
+
+    Args:
+        head_channels: hidden channels of each output branch.
+        loss: ``alpha``, ``beta`` (focal loss), ``size_weight`` (0.1), ``offset_weight`` (1).
+        targets: ``max_objects``, ``min_overlap``, ``radius_variant`` of :class:`CenterNetEncoder`.
+        k: detections kept per image at decoding.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        head_channels: int = 64,
+        loss: dict[str, float] | None = None,
+        targets: dict[str, Any] | None = None,
+        k: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, num_classes, **kwargs)  # also saves this class's arguments
+        self.loss_config = {"alpha": 2.0, "beta": 4.0, "size_weight": 0.1, "offset_weight": 1.0, **(loss or {})}
+        self.heads = nn.ModuleList(
+            CenterHead(backbone.out_channels, num_classes, head_channels) for _ in range(backbone.num_stacks)
+        )
+        self._encoder = CenterNetEncoder(num_classes, **(targets or {}))
+        self.k = k
+
+    @property
+    def encoder(self) -> CenterNetEncoder:
+        return self._encoder
+
+    def losses(self, outputs: Outputs, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        config = self.loss_config
+        num_objects = mean_count_over_devices(batch["mask"].sum())
+        num_positives = mean_count_over_devices(batch["heatmap"].eq(1).sum())
+        heatmap = focal_loss(outputs["heatmap"], batch["heatmap"], config["alpha"], config["beta"], num_positives)
+        size = regression_loss(outputs["size"], batch["index"], batch["mask"], batch["size"], "l1", num_objects)
+        offset = regression_loss(outputs["offset"], batch["index"], batch["mask"], batch["offset"], "l1", num_objects)
+        loss = heatmap + config["size_weight"] * size + config["offset_weight"] * offset
+        return {"loss": loss, "heatmap": heatmap, "size": size, "offset": offset}
+
+    def decode(self, outputs: Outputs) -> tuple[Tensor, Tensor, Tensor]:
+        return centernet_decode(outputs["heatmap"], outputs["size"], outputs["offset"], k=self.k)
+
+
+class CornerNet(KeypointDetector):
+    """CornerNet: objects as paired top-left / bottom-right corners, grouped by 1-D embeddings.
+
+    Args:
+        head_channels: hidden channels of each output branch (None: the backbone's width, as official).
+        pool_channels: channels of the corner-pooling branches (128 in the paper).
+        loss: ``alpha``, ``beta`` (focal loss), ``pull_weight`` (0.1), ``push_weight`` (0.1),
+            ``offset_weight`` (1).
+        targets: ``max_objects``, ``min_overlap``, ``radius_variant`` of :class:`CornerNetEncoder`.
+        k, ae_threshold, num_dets, soft_nms_sigma, soft_nms_method, max_dets: decoding, see
+            :func:`keypointdet.decode.cornernet_decode`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        head_channels: int | None = None,
+        pool_channels: int = 128,
+        loss: dict[str, float] | None = None,
+        targets: dict[str, Any] | None = None,
+        k: int = 100,
+        ae_threshold: float = 0.5,
+        num_dets: int = 1000,
+        soft_nms_sigma: float = 0.5,
+        soft_nms_method: str = "gaussian",
+        max_dets: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, num_classes, **kwargs)  # also saves this class's arguments
+        defaults = {"alpha": 2.0, "beta": 4.0, "pull_weight": 0.1, "push_weight": 0.1, "offset_weight": 1.0}
+        self.loss_config = {**defaults, **(loss or {})}
+        self.heads = nn.ModuleList(
+            CornerHead(backbone.out_channels, num_classes, head_channels, pool_channels)
+            for _ in range(backbone.num_stacks)
+        )
+        self._encoder = CornerNetEncoder(num_classes, **(targets or {}))
+        self.decode_config = {
+            "k": k,
+            "ae_threshold": ae_threshold,
+            "num_dets": num_dets,
+            "soft_nms_sigma": soft_nms_sigma,
+            "soft_nms_method": soft_nms_method,
+            "max_dets": max_dets,
+        }
+
+    @property
+    def encoder(self) -> CornerNetEncoder:
+        return self._encoder
+
+    def losses(self, outputs: Outputs, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        config = self.loss_config
+        mask = batch["mask"]
+        num_objects = mean_count_over_devices(mask.sum())
+        heatmap = offset = 0.0
+        embeddings = []
+        for corner in ("tl", "br"):
+            target, index = batch[f"{corner}_heatmap"], batch[f"{corner}_index"]
+            num_positives = mean_count_over_devices(target.eq(1).sum())
+            heatmap = heatmap + focal_loss(
+                outputs[f"{corner}_heatmap"], target, config["alpha"], config["beta"], num_positives
+            )
+            offset = offset + regression_loss(
+                outputs[f"{corner}_offset"], index, mask, batch[f"{corner}_offset"], "smooth_l1", num_objects
+            )
+            embeddings.append(gather_at(outputs[f"{corner}_embedding"], index)[..., 0])
+        pull, push = ae_loss(*embeddings, mask, mean_count_over_devices(mask.any(dim=1).sum()))
+        loss = heatmap + config["pull_weight"] * pull + config["push_weight"] * push + config["offset_weight"] * offset
+        return {"loss": loss, "heatmap": heatmap, "pull": pull, "push": push, "offset": offset}
+
+    def decode(self, outputs: Outputs) -> tuple[Tensor, Tensor, Tensor]:
+        return cornernet_decode(
+            outputs["tl_heatmap"],
+            outputs["br_heatmap"],
+            outputs["tl_embedding"],
+            outputs["br_embedding"],
+            outputs["tl_offset"],
+            outputs["br_offset"],
+            **self.decode_config,
+        )

@@ -1,0 +1,71 @@
+"""Necks that bring a stride-32 feature map back to the detectors' output stride."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import DeformConv2d
+
+
+class ModulatedDeformConv(nn.Module):
+    """3x3 modulated deformable convolution (DCNv2) from ``torchvision.ops``: no compiled extension.
+
+    A plain convolution predicts the offsets and the modulation mask; it starts at zero, so the
+    layer starts as a regular convolution with every tap weighted 0.5, as in the official code.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.offset_mask = nn.Conv2d(in_channels, 3 * 9, 3, padding=1)
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+        self.conv = DeformConv2d(in_channels, out_channels, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, in, H, W] -> [B, out, H, W]``."""
+        dy_dx_mask = self.offset_mask(x)
+        offset, mask = dy_dx_mask[:, :18], torch.sigmoid(dy_dx_mask[:, 18:])
+        return self.conv(x, offset, mask)
+
+
+def _bilinear_upsampling_(deconv: nn.ConvTranspose2d) -> None:
+    """Initialise a stride-2, 4x4 transposed convolution as per-channel bilinear upsampling."""
+    size = deconv.kernel_size[0]
+    center = (size - 1) / 2
+    ramp = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / ((size + 1) // 2)
+    with torch.no_grad():
+        deconv.weight.zero_()
+        for channel in range(min(deconv.in_channels, deconv.out_channels)):
+            deconv.weight[channel, channel] = ramp[:, None] * ramp[None, :]
+
+
+class DeconvNeck(nn.Module):
+    """CenterNet's ResNet neck: per stage ``[3x3 conv, BN, ReLU, 4x4 transposed conv x2, BN, ReLU]``.
+
+    Three stages take a stride-32 map to stride 4. ``deformable=True`` uses a modulated
+    deformable 3x3 convolution, as in CenterNet's ResNet-DCN.
+    """
+
+    def __init__(self, in_channels: int, channels: Sequence[int] = (256, 128, 64), deformable: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for out_channels in channels:
+            conv = (
+                ModulatedDeformConv(in_channels, out_channels)
+                if deformable
+                else nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+            )
+            deconv = nn.ConvTranspose2d(out_channels, out_channels, 4, stride=2, padding=1, bias=False)
+            _bilinear_upsampling_(deconv)
+            layers += [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            layers += [deconv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            in_channels = out_channels
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = in_channels
+        self.upsampling = 2 ** len(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, in, H, W] -> [B, channels[-1], H * 2^n, W * 2^n]``."""
+        return self.layers(x)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny embedded dataset and composition of the real Hydra configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from keypointdet.data.synthetic import generate_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ["WANDB_MODE"] = "offline"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small embedded dataset (16 train / 8 val images) in COCO format."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, num_train=16, num_val=8, seed=7)
+    return root
+
+
+def remap_categories(src: Path, dst: Path, new_ids: dict[int, int]) -> Path:
+    """Copy a COCO file with its category ids replaced (e.g. by non-contiguous ones)."""
+    data = json.loads(src.read_text())
+    for category in data["categories"]:
+        category["id"] = new_ids[category["id"]]
+    for ann in data["annotations"]:
+        ann["category_id"] = new_ids[ann["category_id"]]
+    dst.write_text(json.dumps(data))
+    return dst
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path, tiny_dataset: Path) -> Callable[..., DictConfig]:
+    """Compose ``conf/train.yaml`` with CPU / tiny / no-logger overrides plus the given ones."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(
+                "train",
+                return_hydra_config=True,
+                overrides=[
+                    "trainer=cpu",
+                    "logger=none",
+                    f"data.root={tiny_dataset}",
+                    "data.num_workers=0",
+                    "data.batch_size=4",
+                    "data.val_batch_size=4",
+                    *overrides,
+                ],
+            )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.log_dir = str(tmp_path / "logs")
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,79 @@
+"""The whole data path checked by an oracle: encode ground truth through the real dataset and
+transforms, feed the targets back as perfect predictions, decode, map to original pixels, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import remap_categories
+from keypointdet.data.coco import CocoDetection
+from keypointdet.data.datamodule import collate
+from keypointdet.data.encode import CenterNetEncoder
+from keypointdet.data.synthetic import generate_dataset
+from keypointdet.data.transforms import Letterbox
+from keypointdet.detectors import CenterNet
+from keypointdet.evaluation import evaluate_detections
+from keypointdet.models.backbones.resnet import ResNet
+
+
+def logit(probability: torch.Tensor) -> torch.Tensor:
+    probability = probability.clamp(1e-6, 1 - 1e-6)
+    return torch.log(probability / (1 - probability))
+
+
+def scatter_at(index: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Prediction map ``[B, D, H, W]`` holding ``values [B, M, D]`` at the flat positions ``index``."""
+    batch, _, channels = values.shape
+    out = torch.zeros(batch, channels, shape[0] * shape[1])
+    for b in range(batch):
+        for m in torch.nonzero(mask[b]).flatten():
+            out[b, :, index[b, m]] = values[b, m]
+    return out.reshape(batch, channels, *shape)
+
+
+def same_cell_collisions(sample: dict[str, torch.Tensor]) -> int:
+    """Objects of one class whose centres share an output cell: only one of them can be a peak."""
+    return int(sample["mask"].sum() - sample["heatmap"].eq(1).sum())
+
+
+@pytest.mark.parametrize("category_ids", [None, {1: 2, 2: 5, 3: 9, 4: 10, 5: 31, 6: 77}], ids=["contiguous", "sparse"])
+def test_perfect_predictions_give_ap_1(tmp_path: Path, category_ids: dict[int, int] | None) -> None:
+    generate_dataset(tmp_path, num_train=1, num_val=10, seed=11)
+    ann_file = tmp_path / "val.json"
+    if category_ids is not None:
+        ann_file = remap_categories(ann_file, tmp_path / "val_sparse.json", category_ids)
+    probe = CocoDetection(ann_file, tmp_path / "val", Letterbox(128, 32))
+    encoder = CenterNetEncoder(len(probe.category_ids))
+    dataset = CocoDetection(ann_file, tmp_path / "val", Letterbox(256, 32), encoder, stride=4)
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert sum(same_cell_collisions(sample) for sample in samples) == 0
+
+    model = CenterNet(ResNet(18, neck_channels=(16, 16, 16)), len(probe.category_ids), category_ids=probe.category_ids)
+    detections = {}
+    for sample in samples:  # one image per batch: the letterboxed maps differ in size
+        batch = collate([sample])
+        shape = batch["heatmap"].shape[-2:]
+        oracle = {
+            "heatmap": logit(batch["heatmap"]),
+            "size": scatter_at(batch["index"], batch["mask"], batch["size"], shape),
+            "offset": scatter_at(batch["index"], batch["mask"], batch["offset"], shape),
+        }
+        detections[int(sample["image_id"])] = model.postprocess(oracle, batch)[0]
+    metrics = evaluate_detections(dataset.coco, detections)
+    assert metrics["mAP"] == pytest.approx(1.0)
+    assert metrics["mAR100"] == pytest.approx(1.0)
+
+
+def test_letterbox_round_trip_of_boxes_on_odd_sizes() -> None:
+    rng = np.random.default_rng(0)
+    for height, width in [(37, 211), (300, 17), (129, 129), (64, 65)]:
+        boxes = np.sort(rng.uniform(0, [width, height, width, height], size=(5, 4)).reshape(5, 2, 2), axis=1).reshape(5, 4)
+        out = Letterbox(96, 32)(np.zeros((height, width, 3), np.uint8), boxes, np.zeros(5, np.int64))
+        assert out["image"].shape[-2] % 32 == 0 and out["image"].shape[-1] % 32 == 0
+        assert max(out["image"].shape[-2:]) == 96
+        back = (out["boxes"] - np.tile(out["shift"], 2)) / np.tile(out["scale"], 2)
+        np.testing.assert_allclose(back, boxes, atol=1e-9)

@@ -1,0 +1,46 @@
+"""train.py's run composed from the real configs: a fast_dev_run end to end, on any COCO-format data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import remap_categories
+from keypointdet.training import train
+
+
+def test_fast_dev_run_writes_metrics_and_prints_summary(compose_train, tmp_path, capsys):
+    cfg = compose_train("trainer.fast_dev_run=true", "evaluate_best=false")
+    metrics = train(cfg)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written == pytest.approx(metrics)
+    assert {"val/mAP", "val/mAP50", "val/mAP75", "val/mAR100"} <= set(metrics)
+    assert 0.0 <= metrics["val/mAP"] <= 1.0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.startswith("val/mAP=") and " val/mAP50=" in last_line
+
+
+def test_coco_data_with_non_contiguous_category_ids(compose_train, tiny_dataset, tmp_path):
+    ids = {1: 3, 2: 7, 3: 11, 4: 12, 5: 40, 6: 90}
+    train_ann = remap_categories(tiny_dataset / "train.json", tmp_path / "train.json", ids)
+    val_ann = remap_categories(tiny_dataset / "val.json", tmp_path / "val.json", ids)
+    cfg = compose_train(
+        "data=coco",
+        f"data.train_ann={train_ann}",
+        f"data.train_img_dir={tiny_dataset / 'train'}",
+        f"data.val_ann={val_ann}",
+        f"data.val_img_dir={tiny_dataset / 'val'}",
+        "data.input_size=128",
+        "trainer.fast_dev_run=true",
+    )
+    metrics = train(cfg)
+    assert "val/mAP" in metrics
+    assert {f"val/AP/{name}" for name in ("circle", "ring")} <= set(metrics)
+
+
+def test_short_training_with_checkpoint_evaluates_best(compose_train, tmp_path):
+    cfg = compose_train("trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "trainer.limit_train_batches=2")
+    metrics = train(cfg)
+    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert "val/mAP" in metrics
