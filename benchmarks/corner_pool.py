@@ -13,12 +13,17 @@ Implementations, each timed for all four directions:
   least any out-of-place op that reads its input and writes a full output can cost.
 
 All implementations are checked to agree before timing. Each repeat runs every implementation
-once per direction, interleaved, so machine noise spreads evenly; the table gives the median.
+once per direction, interleaved, so machine noise spreads evenly; the table gives the median and
+the ratio to the floor (pooled over directions). ``--no-trim`` stops glibc from returning freed
+memory to the OS: page faults on re-allocated 16-32 MiB buffers otherwise add several ms to any
+implementation, depending on what ran before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -122,7 +127,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per implementation and direction")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs; the median is reported")
+    parser.add_argument(
+        "--no-trim",
+        action="store_true",
+        help="glibc: keep freed memory in the process, so that re-allocating a big buffer does not page-fault "
+        "(otherwise often several ms per 16 MiB buffer on a VM, and a large part of the noise)",
+    )
     args = parser.parse_args()
+    if args.no_trim:
+        libc = ctypes.CDLL("libc.so.6")
+        # M_TRIM_THRESHOLD (-1): never give the heap top back; M_MMAP_THRESHOLD (-3): big buffers from the heap.
+        if not (libc.mallopt(-1, 2**31 - 1) and libc.mallopt(-3, 2**30)):
+            raise RuntimeError("mallopt failed")
+    load_before = os.getloadavg()[0]  # other processes on the machine skew every number
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -142,18 +159,18 @@ def main() -> None:
             for direction in DIRECTIONS:
                 times[name, direction].append(time_once(fn, x, grad, direction))
     median_ms = {key: 1e3 * statistics.median(values) for key, values in times.items()}
+    # The floor does not depend on the direction: pool its runs for a steadier reference.
+    floor_ms = 1e3 * statistics.median(t for d in DIRECTIONS for t in times["floor (1 copy per pass)", d])
 
     print(
         f"corner pooling, forward + backward, [B, C, H, W] = {list(shape)}, {args.dtype}, {device}, "
-        f"{args.threads} thread(s), median of {args.repeats}: ms (ratio to floor)\n"
+        f"{args.threads} thread(s), median of {args.repeats}: ms (ratio to the floor, {floor_ms:.2f} ms); "
+        f"1-min load average before the run: {load_before:.2f}{', no trim' if args.no_trim else ''}\n"
     )
     print("| implementation | " + " | ".join(DIRECTIONS) + " |")
     print("|---|" + "---:|" * len(DIRECTIONS))
     for name in IMPLEMENTATIONS:
-        cells = [
-            f"{median_ms[name, d]:.2f} ({median_ms[name, d] / median_ms['floor (1 copy per pass)', d]:.1f}x)"
-            for d in DIRECTIONS
-        ]
+        cells = [f"{median_ms[name, d]:.2f} ({median_ms[name, d] / floor_ms:.1f}x)" for d in DIRECTIONS]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -10,9 +10,11 @@ came from. Which scan runs depends on the memory layout of the pooled axis:
 - the unit-stride axis (W of an NCHW tensor): there a slice would hold one element per row
   (some 25x slower per op), so a blocked doubling scan runs on cache-sized chunks of rows.
 
-On CPU both beat ``flip + torch.cummax + flip`` and an autograd-traced sequential scan
-(``benchmarks/corner_pool.py``): cummax is a scalar, single-threaded loop that also writes an
-int64 index per element, and its backward is a ``scatter_add``.
+Both backwards need only the output, where ``torch.cummax`` keeps an int64 index per element.
+At CornerNet's sizes on CPU they beat ``flip + cummax + flip`` and an autograd-traced
+sequential scan (``benchmarks/corner_pool.py``); ``right``, where cummax needs no flip, is the
+closest race. On small maps (well under a million elements) the per-op overhead of these
+Python loops dominates and cummax is faster.
 """
 
 from __future__ import annotations
@@ -136,30 +138,30 @@ def _scan_rows_backward(grad_y: Tensor, y: Tensor, reverse: bool) -> Tensor:
     steps, block = _blocking(length)
     grad_x = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     rows = _rows_per_chunk(y)
-    flows = y.new_empty((min(rows, y.shape[0]), length))
-    work = torch.empty_like(flows)
+    # flows[0] keeps the shift-1 flow, which also says where y rose; flows[1] the wider ones.
+    flows = y.new_empty((2, min(rows, y.shape[0]), length))
+    work = torch.empty_like(flows[0])
     for r in range(0, y.shape[0], rows):
         y_c, v, gx_c = y[r : r + rows], grad_y[r : r + rows], grad_x[r : r + rows]
-        flow = flows[: y_c.shape[0]]
+        n = y_c.shape[0]
         for k in range(steps):
             shift, head = 1 << k, length - (1 << k)
             # Alternate between grad_x and the scratch chunk so that the last step lands in scratch.
-            nxt = work[: y_c.shape[0]] if (steps - 1 - k) % 2 == 0 else gx_c
-            flow_head = _span(flow, 0, head, reverse)
+            nxt = work[:n] if (steps - 1 - k) % 2 == 0 else gx_c
+            flow_head = _span(flows[min(k, 1), :n], 0, head, reverse)
             torch.eq(_span(y_c, shift, head, reverse), _span(y_c, 0, head, reverse), out=flow_head)
             v_head = _span(v, 0, head, reverse)
             torch.addcmul(v_head, flow_head, _span(v, shift, head, reverse), out=_span(nxt, 0, head, reverse))
             _span(nxt, head, shift, reverse).copy_(_span(v, head, shift, reverse))  # nothing flows in
             v = nxt
         for start in range(block * ((length - 1) // block - 1), -1, -block):
-            n = min(block, length - start - block)
-            flow_block, v_block = _span(flow, start, n, reverse), _span(v, start, n, reverse)
-            torch.eq(_span(y_c, start + block, n, reverse), _span(y_c, start, n, reverse), out=flow_block)
-            torch.addcmul(v_block, flow_block, _span(v, start + block, n, reverse), out=v_block)
+            n_cols = min(block, length - start - block)
+            flow_block, v_block = _span(flows[1, :n], start, n_cols, reverse), _span(v, start, n_cols, reverse)
+            torch.eq(_span(y_c, start + block, n_cols, reverse), _span(y_c, start, n_cols, reverse), out=flow_block)
+            torch.addcmul(v_block, flow_block, _span(v, start + block, n_cols, reverse), out=v_block)
         # grad_x[o] = s[o] - s[o] * (y[o] == y[o - 1]); the scan's first element keeps all of s.
         rest = length - 1
-        inherited, v_rest = _span(flow, 0, rest, reverse), _span(v, 1, rest, reverse)
-        torch.eq(_span(y_c, 1, rest, reverse), _span(y_c, 0, rest, reverse), out=inherited)
+        v_rest, inherited = _span(v, 1, rest, reverse), _span(flows[0, :n], 0, rest, reverse)
         torch.addcmul(v_rest, v_rest, inherited, value=-1, out=_span(gx_c, 1, rest, reverse))
         _span(gx_c, 0, 1, reverse).copy_(_span(v, 0, 1, reverse))
     return grad_x
@@ -202,9 +204,10 @@ def corner_pool(x: Tensor, direction: str) -> Tensor:
     - ``right``:  ``out[i, j] = max_{k <= j} x[i, k]``
 
     Exact for any float dtype, on any device and under autocast (it only uses ops that keep
-    the input dtype). Any strides work; a dense input's memory layout is kept. The gradient of
-    each output goes to its argmax; among equal values, to the one farthest from the output
-    position, as in the official CornerNet layer. NaN propagates like ``torch.maximum``.
+    the input dtype). Any strides work; NCHW and channels-last inputs keep their layout. The
+    gradient of each output goes to its argmax; among equal values, to the one farthest from
+    the output position, as in the official CornerNet layer. NaN propagates like
+    ``torch.maximum``.
     """
     if direction not in _DIRECTIONS:
         raise ValueError(f"corner_pool direction must be one of {sorted(_DIRECTIONS)}, got {direction!r}")

@@ -45,12 +45,23 @@ class DeconvNeck(nn.Module):
     """CenterNet's ResNet neck: per stage ``[3x3 conv, BN, ReLU, 4x4 transposed conv x2, BN, ReLU]``.
 
     Three stages take a stride-32 map to stride 4. ``deformable=True`` uses a modulated
-    deformable 3x3 convolution, as in CenterNet's ResNet-DCN.
+    deformable 3x3 convolution, as in CenterNet's ResNet-DCN. ``skip_channels`` (the channels of
+    the trunk's stride-16, 8, 4 maps) adds each of them, through a 3x3 conv-BN, to the upsampled
+    map of the same stride, as TTFNet does: shallow, high-resolution features reach the heads
+    directly, which helps small objects and short schedules. Without it this is the paper's neck.
     """
 
-    def __init__(self, in_channels: int, channels: Sequence[int] = (256, 128, 64), deformable: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int] = (256, 128, 64),
+        deformable: bool = False,
+        skip_channels: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        if skip_channels is not None and len(skip_channels) != len(channels):
+            raise ValueError(f"need one skip per neck stage: {len(channels)} stages, {len(skip_channels)} skips")
+        self.stages = nn.ModuleList()
         for out_channels in channels:
             conv = (
                 ModulatedDeformConv(in_channels, out_channels)
@@ -59,13 +70,27 @@ class DeconvNeck(nn.Module):
             )
             deconv = nn.ConvTranspose2d(out_channels, out_channels, 4, stride=2, padding=1, bias=False)
             _bilinear_upsampling_(deconv)
-            layers += [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
-            layers += [deconv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            self.stages.append(
+                nn.Sequential(
+                    conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+                    deconv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+                )
+            )
             in_channels = out_channels
-        self.layers = nn.Sequential(*layers)
+        self.skips = None
+        if skip_channels is not None:
+            self.skips = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(skip, out, 3, padding=1, bias=False), nn.BatchNorm2d(out))
+                for skip, out in zip(skip_channels, channels)
+            )
         self.out_channels = in_channels
         self.upsampling = 2 ** len(channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, in, H, W] -> [B, channels[-1], H * 2^n, W * 2^n]``."""
-        return self.layers(x)
+    def forward(self, x: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:
+        """``[B, in, H, W] -> [B, channels[-1], H * 2^n, W * 2^n]``; ``skips``: the trunk's maps at
+        ``2x, 4x, ...`` the resolution of ``x`` (used only when built with ``skip_channels``)."""
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if self.skips is not None:
+                x = x + self.skips[index](skips[index])
+        return x

@@ -29,18 +29,25 @@ class ResNet(nn.Module):
         pretrained: bool = False,
         neck_channels: Sequence[int] = (256, 128, 64),
         deformable: bool = False,
+        skip_connections: bool = False,
     ) -> None:
         super().__init__()
         if depth not in _WEIGHTS:
             raise ValueError(f"ResNet depth must be one of {sorted(_WEIGHTS)}, got {depth}")
         weights = getattr(torchvision.models, _WEIGHTS[depth]).DEFAULT if pretrained else None
         trunk = getattr(torchvision.models, f"resnet{depth}")(weights=weights)
-        self.trunk = nn.Sequential(*list(trunk.children())[:-2])  # drop avgpool and fc
-        self.neck = DeconvNeck(trunk.fc.in_features, neck_channels, deformable)
+        self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
+        self.stages = nn.ModuleList([trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4])
+        # output channels of layer1..3 (stride 4, 8, 16), deepest first as the neck meets them
+        skip_channels = [stage[-1].conv1.in_channels for stage in self.stages[:-1]][::-1]
+        self.neck = DeconvNeck(trunk.fc.in_features, neck_channels, deformable, skip_channels if skip_connections else None)
         self.out_channels = self.neck.out_channels
         self.num_stacks = 1
         self.stride = 32 // self.neck.upsampling
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """``[B, 3, H, W] -> [[B, out_channels, H / stride, W / stride]]``."""
-        return [self.neck(self.trunk(images))]
+        features = [self.stem(images)]
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return [self.neck(features[-1], skips=features[-2:0:-1])]

@@ -1,0 +1,70 @@
+"""Decoding cost of both detectors against the network forward pass it follows.
+
+    python benchmarks/decode.py [--input-size 512] [--batch-size 4] [--threads 2] [--repeats 5]
+
+For CenterNet (ResNet-18) and CornerNet (small hourglass by default; ``--hourglass104`` for the
+paper's backbone) it times, in eval mode and without gradients: the forward pass, and the decoder on
+its raw outputs (CenterNet: peaks + top-K; CornerNet: peaks, top-K corners, K x K pairing, soft-NMS).
+The networks are freshly initialised: every heatmap sits at the 0.1 prior and the embeddings are
+close together, so most corner pairs survive the pairing rules and soft-NMS runs its full
+``max_dets`` rounds; that is the decoder's worst case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from statistics import median
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from keypointdet.detectors import CenterNet, CornerNet
+from keypointdet.models.backbones.resnet import ResNet
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--hourglass104", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    hourglass = "hourglass104" if args.hourglass104 else "hourglass_small"
+    backbone_cfg = OmegaConf.load(f"conf/backbone/{hourglass}.yaml")
+    detectors = {
+        "CenterNet ResNet-18": CenterNet(ResNet(18), args.num_classes),
+        f"CornerNet {hourglass}": CornerNet(instantiate(backbone_cfg), args.num_classes),
+    }
+    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size)
+    print(f"input {args.input_size}x{args.input_size}, batch {args.batch_size}, {args.num_classes} classes, "
+          f"{args.threads} threads, median of {args.repeats}")
+    print("| detector | forward ms/batch | decode ms/batch | decode / forward |")
+    print("|---|---|---|---|")
+    for name, detector in detectors.items():
+        detector.eval()
+        with torch.no_grad():
+            outputs = detector(images)[-1]
+            forward = timed(lambda: detector(images), args.repeats)
+            decode = timed(lambda: detector.decode(outputs), args.repeats)
+        print(f"| {name} | {1000 * forward:.1f} | {1000 * decode:.1f} | {100 * decode / forward:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Backbone contract of the ResNet + deconvolution neck, and the packaging files staying in sync."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from keypointdet.models.backbones.resnet import ResNet
+from keypointdet.models.heads import HEATMAP_PRIOR, CenterHead
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("skip_connections", [False, True])
+def test_resnet_contract_and_output_stride(skip_connections):
+    backbone = ResNet(18, neck_channels=(32, 16, 8), skip_connections=skip_connections)
+    assert (backbone.num_stacks, backbone.stride, backbone.size_divisor, backbone.out_channels) == (1, 4, 32, 8)
+    features = backbone(torch.randn(2, 3, 96, 160))
+    assert len(features) == 1 and features[0].shape == (2, 8, 24, 40)
+
+
+def test_skip_connections_carry_shallow_features_to_the_output():
+    torch.manual_seed(0)
+    backbone = ResNet(18, neck_channels=(16, 16, 16), skip_connections=True).eval()
+    images = torch.randn(1, 3, 64, 64, requires_grad=True)
+    backbone(images)[0].sum().backward()
+    first_stage = backbone.stages[0][0].conv1.weight.grad
+    assert first_stage is not None and first_stage.abs().sum() > 0
+    assert all(skip[0].weight.grad.abs().sum() > 0 for skip in backbone.neck.skips)
+
+
+def test_bad_depth_is_a_clear_error():
+    with pytest.raises(ValueError, match="depth"):
+        ResNet(19)
+
+
+def test_center_head_starts_at_the_prior():
+    head = CenterHead(8, num_classes=3)
+    outputs = head(torch.zeros(1, 8, 5, 5))
+    assert outputs["heatmap"].shape == (1, 3, 5, 5)
+    torch.testing.assert_close(torch.sigmoid(outputs["heatmap"]), torch.full((1, 3, 5, 5), HEATMAP_PRIOR))
+
+
+def test_environment_yaml_pins_what_pyproject_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    conda = set(re.findall(r"^\s+- ([A-Za-z0-9_.\-]+==[^\s]+)$", (ROOT / "environment.yaml").read_text(), re.M))
+    assert conda == pins
