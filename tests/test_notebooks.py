@@ -28,11 +28,11 @@ KERNEL = "python3"
 def kernel_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A ``python3`` kernelspec for ``sys.executable``, found first, and Jupyter / IPython state in tmp."""
     root = tmp_path_factory.mktemp("jupyter")
-    install_kernelspec(kernel_name=KERNEL, prefix=str(root))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JUPYTER_PATH", str(root / "share" / "jupyter"))
         patch.setenv("JUPYTER_RUNTIME_DIR", str(root / "runtime"))
-        patch.setenv("IPYTHONDIR", str(root / "ipython"))
+        patch.setenv("IPYTHONDIR", str(root / "ipython"))  # set first: installing the spec creates it
+        install_kernelspec(kernel_name=KERNEL, prefix=str(root))  # argv[0] = sys.executable
         spec = KernelSpecManager().get_kernel_spec(KERNEL)
         assert spec.argv[0] == sys.executable, f"kernel {KERNEL!r} would run {spec.argv[0]}, not {sys.executable}"
         yield

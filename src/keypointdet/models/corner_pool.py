@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from keypointdet.models.layers import conv_bn, conv_bn_relu
+
 # direction -> (pooled dim of [B, C, H, W], whether the max runs over k >= i rather than k <= i)
 _DIRECTIONS: dict[str, tuple[int, bool]] = {
     "top": (2, True),
@@ -219,19 +221,6 @@ def corner_pool(x: Tensor, direction: str) -> Tensor:
     return _CornerPool.apply(x, dim, reverse)
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """``kernel_size`` conv (no bias, BN follows) + BN, ``same`` padding."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv + BN + ReLU."""
-    return nn.Sequential(*_conv_bn(in_channels, out_channels, 3), nn.ReLU(inplace=True))
-
-
 class CornerPooling(nn.Module):
     """CornerNet's corner pooling module (Fig. 7 of the paper).
 
@@ -247,12 +236,12 @@ class CornerPooling(nn.Module):
             if direction not in _DIRECTIONS:
                 raise ValueError(f"CornerPooling direction must be one of {sorted(_DIRECTIONS)}, got {direction!r}")
         self.directions = tuple(directions)
-        self.branch1 = _conv_bn_relu(channels, pool_channels)
-        self.branch2 = _conv_bn_relu(channels, pool_channels)
-        self.pooled = _conv_bn(pool_channels, channels, 3)
-        self.shortcut = _conv_bn(channels, channels, 1)
+        self.branch1 = conv_bn_relu(channels, pool_channels)
+        self.branch2 = conv_bn_relu(channels, pool_channels)
+        self.pooled = conv_bn(pool_channels, channels, 3)
+        self.shortcut = conv_bn(channels, channels, 1)
         self.relu = nn.ReLU(inplace=True)
-        self.out = _conv_bn_relu(channels, channels)
+        self.out = conv_bn_relu(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, channels, H, W] -> [B, channels, H, W]``."""

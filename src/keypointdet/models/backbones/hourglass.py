@@ -14,29 +14,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvBNReLU", "Hourglass", "HourglassModule", "Residual"]
+from keypointdet.models.layers import conv_bn, conv_bn_relu
 
-
-class ConvBNReLU(nn.Sequential):
-    """``k x k`` convolution (no bias, "same" padding) -> BatchNorm -> ReLU.
-
-    Shapes: ``[B, in_channels, H, W] -> [B, out_channels, ceil(H / stride), ceil(W / stride)]``
-    (for odd ``kernel_size``).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride=stride,
-                padding=(kernel_size - 1) // 2,
-                bias=False,  # the following BN has its own shift
-            ),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+__all__ = ["Hourglass", "HourglassModule", "Residual"]
 
 
 class Residual(nn.Module):
@@ -56,10 +36,7 @@ class Residual(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.skip: nn.Module
         if stride != 1 or in_channels != out_channels:
-            self.skip = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+            self.skip = conv_bn(in_channels, out_channels, 1, stride)
         else:
             self.skip = nn.Identity()
 
@@ -82,11 +59,6 @@ def _residuals_revr(in_channels: int, out_channels: int, count: int) -> nn.Seque
     blocks = [Residual(in_channels, in_channels) for _ in range(count - 1)]
     blocks.append(Residual(in_channels, out_channels))
     return nn.Sequential(*blocks)
-
-
-def _conv1x1_bn(in_channels: int, out_channels: int) -> nn.Sequential:
-    """1x1 conv -> BN, used to project tensors before the inter-stack sum."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
 
 class HourglassModule(nn.Module):
@@ -195,14 +167,14 @@ class Hourglass(nn.Module):
         width = dims[0]
 
         self.stem = nn.Sequential(
-            ConvBNReLU(3, stem_channels, kernel_size=7, stride=2),
+            conv_bn_relu(3, stem_channels, kernel_size=7, stride=2),
             Residual(stem_channels, width, stride=2),
         )
         self.hourglasses = nn.ModuleList(HourglassModule(depth, dims, modules) for _ in range(num_stacks))
-        self.cnvs = nn.ModuleList(ConvBNReLU(width, out_channels, kernel_size=3) for _ in range(num_stacks))
+        self.cnvs = nn.ModuleList(conv_bn_relu(width, out_channels, kernel_size=3) for _ in range(num_stacks))
         # Inter-stack connections (CornerNet inters_, cnvs_, inters); the last stack needs none.
-        self.input_projs = nn.ModuleList(_conv1x1_bn(width, width) for _ in range(num_stacks - 1))
-        self.feature_projs = nn.ModuleList(_conv1x1_bn(out_channels, width) for _ in range(num_stacks - 1))
+        self.input_projs = nn.ModuleList(conv_bn(width, width, 1) for _ in range(num_stacks - 1))
+        self.feature_projs = nn.ModuleList(conv_bn(out_channels, width, 1) for _ in range(num_stacks - 1))
         self.inters = nn.ModuleList(Residual(width, width) for _ in range(num_stacks - 1))
 
     def forward(self, images: Tensor) -> list[Tensor]:
