@@ -13,8 +13,6 @@ close together, so most corner pairs survive the pairing rules and soft-NMS runs
 from __future__ import annotations
 
 import argparse
-import time
-from statistics import median
 
 import torch
 from hydra.utils import instantiate
@@ -23,15 +21,7 @@ from omegaconf import OmegaConf
 from keypointdet.detectors import CenterNet, CornerNet
 from keypointdet.models.backbones.resnet import ResNet
 
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return median(times)
+from timing import median_seconds
 
 
 def main() -> None:
@@ -61,8 +51,8 @@ def main() -> None:
         detector.eval()
         with torch.no_grad():
             outputs = detector(images)[-1]
-            forward = timed(lambda: detector(images), args.repeats)
-            decode = timed(lambda: detector.decode(outputs), args.repeats)
+            forward = median_seconds(lambda: detector(images), args.repeats)
+            decode = median_seconds(lambda: detector.decode(outputs), args.repeats)
         print(f"| {name} | {1000 * forward:.1f} | {1000 * decode:.1f} | {100 * decode / forward:.1f}% |")
 
 

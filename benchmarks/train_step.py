@@ -2,12 +2,16 @@
 
     python benchmarks/train_step.py [--input-size 512] [--batch-size 8] [--steps 6] [--threads 2]
 
-Measures, on the same model and batch:
-  network   forward + backward + optimizer step of the bare network on the batch (pure PyTorch);
-  step      one Lightning training step (network + losses + logging + optimizer), timed by a callback;
-  targets   encoding the batch's targets (normally hidden in data-loading workers, counted here anyway);
-  decode    decoding the batch's outputs (validation only; reported for scale).
-The share outside the network is ``(step - network + targets) / (step + targets)``.
+Each part is timed on its own (median over ``--steps``), on the same batch of the real data pipeline:
+  network    forward + backward + optimizer step of the bare network (pure PyTorch, the loss replaced
+             by a plain mean of the raw outputs);
+  targets    encoding the batch's targets (normally hidden in data-loading workers, counted anyway);
+  loss       the detector's losses, forward and backward, on the network's (detached) raw outputs;
+  lightning  Lightning's own per-step cost: a Lightning step minus a bare step, both with a one-layer
+             network, so that the difference is not lost in the noise of a large one;
+  decode     decoding the batch's outputs (validation only; reported for scale).
+Outside the network = (targets + loss + lightning) / (network + targets + loss + lightning). The
+images/s column is the throughput of a full Lightning training step (network + losses + Lightning).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from statistics import median
 
 import pytorch_lightning as pl
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from keypointdet.data.coco import CocoDetection, read_image
@@ -29,6 +34,8 @@ from keypointdet.data.synthetic import generate_dataset
 from keypointdet.data.transforms import TrainTransform
 from keypointdet.detectors import CenterNet
 from keypointdet.models.backbones.resnet import ResNet
+
+from timing import median_seconds
 
 
 class StepTimer(pl.Callback):
@@ -53,16 +60,6 @@ class ListModule(pl.LightningDataModule):
         return DataLoader([self.batch] * self.steps, batch_size=None)
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input-size", type=int, default=512)
@@ -81,44 +78,77 @@ def main() -> None:
     samples = [dataset[i] for i in range(args.batch_size)]
     batch = collate(samples)
 
-    model = CenterNet(ResNet(18), num_classes=6)
     bf16 = args.precision == "bf16-mixed"
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def network_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            outputs = model(batch["image"])[-1]
-        sum(value.float().mean() for value in outputs.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    model.train()
-    network = timed(network_step, args.steps)
+    model = CenterNet(ResNet(18), num_classes=6)
+    network = median_seconds(lambda: bare_step(model, batch, bf16), args.steps)
 
     raw = [dataset.transform(*_raw(dataset, i)) for i in range(args.batch_size)]
-    targets = timed(lambda: [dataset._targets(r["image"], r["boxes"], r["labels"]) for r in raw], args.steps)
+    targets = median_seconds(lambda: [dataset._targets(r["image"], r["boxes"], r["labels"]) for r in raw], args.steps)
 
-    model.eval()
     with torch.no_grad():
         outputs = model(batch["image"])[-1]
-    decode = timed(lambda: model.decode(outputs), args.steps)
-    model.train()
+    loss = median_seconds(lambda: loss_step(model, outputs, batch), args.steps)
+    decode = median_seconds(lambda: model.decode(outputs), args.steps)
 
+    tiny = CenterNet(TinyBackbone(), num_classes=6)
+    tiny_bare = median_seconds(lambda: bare_step(tiny, batch, bf16), args.steps)
+    with torch.no_grad():
+        tiny_outputs = tiny(batch["image"])[-1]
+    tiny_loss = median_seconds(lambda: loss_step(tiny, tiny_outputs, batch), args.steps)
+    lightning = max(0.0, lightning_step(tiny, batch, args) - tiny_bare - tiny_loss)
+    step = lightning_step(model, batch, args)
+
+    outside = (targets + loss + lightning) / (network + targets + loss + lightning)
+    print(
+        "| input | batch | precision | threads | images/s | network s | loss s | Lightning s | targets s "
+        "| decode s | outside the network |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.input_size} | {args.batch_size} | {args.precision} | {args.threads} | {args.batch_size / step:.2f} "
+        f"| {network:.3f} | {loss:.4f} | {lightning:.4f} | {targets:.4f} | {decode:.4f} | {100 * outside:.1f}% |"
+    )
+
+
+class TinyBackbone(nn.Module):
+    """One stride-4 convolution with the backbone contract: isolates Lightning's per-step cost."""
+
+    out_channels, num_stacks, stride, size_divisor = 8, 1, 4, 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return [self.conv(images)]
+
+
+def bare_step(model: CenterNet, batch: dict, bf16: bool) -> None:
+    """Forward, a plain mean of the raw outputs as the loss, backward, Adam step (no Lightning)."""
+    optimizer = getattr(model, "_bare_optimizer", None) or torch.optim.Adam(model.parameters(), lr=1e-4)
+    model._bare_optimizer = optimizer
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        outputs = model(batch["image"])[-1]
+    sum(value.float().mean() for value in outputs.values()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def loss_step(model: CenterNet, outputs: dict, batch: dict) -> None:
+    """The detector's losses, forward and backward, on detached raw outputs."""
+    leaves = {name: value.detach().requires_grad_() for name, value in outputs.items()}
+    model.losses(leaves, batch)["loss"].backward()
+
+
+def lightning_step(model: CenterNet, batch: dict, args: argparse.Namespace) -> float:
+    """Median seconds of a Lightning training step (forward, losses, logging, backward, optimizer)."""
     timer = StepTimer()
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=1, precision=args.precision, logger=False, callbacks=[timer],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
     )
     trainer.fit(model, datamodule=ListModule(batch, args.steps + 1))
-    step = median(timer.times[1:])
-
-    outside = (step - network + targets) / (step + targets)
-    print(f"| input | batch | precision | threads | images/s (Lightning step) | network s | step s | targets s | decode s | outside the network |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {args.input_size} | {args.batch_size} | {args.precision} | {args.threads} | {args.batch_size / step:.2f} "
-        f"| {network:.3f} | {step:.3f} | {targets:.4f} | {decode:.4f} | {100 * outside:.1f}% |"
-    )
+    return median(timer.times[1:])
 
 
 def _raw(dataset: CocoDetection, index: int) -> tuple:

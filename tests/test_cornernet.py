@@ -369,14 +369,14 @@ def test_perfect_corner_predictions_give_ap_1(tmp_path: Path, category_ids: dict
     ann_file = tmp_path / "val.json"
     if category_ids is not None:
         ann_file = remap_categories(ann_file, tmp_path / "val_sparse.json", category_ids)
-    probe = CocoDetection(ann_file, tmp_path / "val", Letterbox(128, 32))
-    encoder = CornerNetEncoder(len(probe.category_ids))
-    dataset = CocoDetection(ann_file, tmp_path / "val", Letterbox(256, 32), encoder, stride=4)
+    dataset = CocoDetection(ann_file, tmp_path / "val", Letterbox(256, 32), stride=4)
+    num_classes = len(dataset.category_ids)
+    dataset.encoder = CornerNetEncoder(num_classes)
     samples = [dataset[i] for i in range(len(dataset))]
     assert sum(shared_corner_cells(sample) for sample in samples) == 0
 
     backbone = ResNet(18, neck_channels=(16, 16, 16))
-    model = CornerNet(backbone, len(probe.category_ids), pool_channels=8, category_ids=probe.category_ids)
+    model = CornerNet(backbone, num_classes, pool_channels=8, category_ids=dataset.category_ids)
     detections = {}
     for sample in samples:  # one image per batch: the letterboxed maps differ in size
         batch = collate([sample])

@@ -9,9 +9,11 @@ from keypointdet.data.encode import CenterNetEncoder
 
 
 def make_datamodule(root, **kwargs) -> DetectionDataModule:
-    datamodule = DetectionDataModule(root=str(root), train_ann=str(root / "train.json"), train_img_dir=str(root / "train"),
-                                     val_ann=str(root / "val.json"), val_img_dir=str(root / "val"),
-                                     input_size=128, batch_size=4, num_workers=0, **kwargs)
+    datamodule = DetectionDataModule(
+        root=str(root), train_ann=str(root / "train.json"), train_img_dir=str(root / "train"),
+        val_ann=str(root / "val.json"), val_img_dir=str(root / "val"),
+        input_size=128, batch_size=4, num_workers=0, **kwargs,
+    )
     datamodule.configure_targets(CenterNetEncoder(num_classes=6, max_objects=32), stride=4, size_divisor=32)
     datamodule.setup("fit")
     return datamodule

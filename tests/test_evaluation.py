@@ -53,7 +53,9 @@ def test_only_seen_images_are_evaluated(tmp_path):
 
 def test_overall_ap_is_the_mean_of_per_class_ap(tmp_path):
     rng = np.random.default_rng(0)
-    boxes = [[(int(rng.choice([4, 9])), tuple(float(v) for v in rng.uniform(5, 40, 4))) for _ in range(5)] for _ in range(4)]
+    boxes = [
+        [(int(rng.choice([4, 9])), tuple(float(v) for v in rng.uniform(5, 40, 4))) for _ in range(5)] for _ in range(4)
+    ]
     coco = ground_truth(tmp_path, boxes)
     detections = {}
     for image_id in range(1, 5):

@@ -38,11 +38,13 @@ def test_bad_depth_is_a_clear_error():
         ResNet(19)
 
 
-def test_center_head_starts_at_the_prior():
+def test_center_head_shapes_and_heatmap_prior():
     head = CenterHead(8, num_classes=3)
-    outputs = head(torch.zeros(1, 8, 5, 5))
-    assert outputs["heatmap"].shape == (1, 3, 5, 5)
-    torch.testing.assert_close(torch.sigmoid(outputs["heatmap"]), torch.full((1, 3, 5, 5), HEATMAP_PRIOR))
+    outputs = head(torch.randn(1, 8, 5, 7))
+    assert outputs["heatmap"].shape == (1, 3, 5, 7)
+    assert outputs["size"].shape == outputs["offset"].shape == (1, 2, 5, 7)
+    # the last heatmap layer's bias is the logit of the prior: every class starts near p = 0.1
+    torch.testing.assert_close(torch.sigmoid(head.heatmap[-1].bias), torch.full((3,), HEATMAP_PRIOR))
 
 
 def test_environment_yaml_pins_what_pyproject_pins():

@@ -46,13 +46,13 @@ def test_perfect_predictions_give_ap_1(tmp_path: Path, category_ids: dict[int, i
     ann_file = tmp_path / "val.json"
     if category_ids is not None:
         ann_file = remap_categories(ann_file, tmp_path / "val_sparse.json", category_ids)
-    probe = CocoDetection(ann_file, tmp_path / "val", Letterbox(128, 32))
-    encoder = CenterNetEncoder(len(probe.category_ids))
-    dataset = CocoDetection(ann_file, tmp_path / "val", Letterbox(256, 32), encoder, stride=4)
+    dataset = CocoDetection(ann_file, tmp_path / "val", Letterbox(256, 32), stride=4)
+    num_classes = len(dataset.category_ids)
+    dataset.encoder = CenterNetEncoder(num_classes)
     samples = [dataset[i] for i in range(len(dataset))]
     assert sum(same_cell_collisions(sample) for sample in samples) == 0
 
-    model = CenterNet(ResNet(18, neck_channels=(16, 16, 16)), len(probe.category_ids), category_ids=probe.category_ids)
+    model = CenterNet(ResNet(18, neck_channels=(16, 16, 16)), num_classes, category_ids=dataset.category_ids)
     detections = {}
     for sample in samples:  # one image per batch: the letterboxed maps differ in size
         batch = collate([sample])
@@ -71,7 +71,8 @@ def test_perfect_predictions_give_ap_1(tmp_path: Path, category_ids: dict[int, i
 def test_letterbox_round_trip_of_boxes_on_odd_sizes() -> None:
     rng = np.random.default_rng(0)
     for height, width in [(37, 211), (300, 17), (129, 129), (64, 65)]:
-        boxes = np.sort(rng.uniform(0, [width, height, width, height], size=(5, 4)).reshape(5, 2, 2), axis=1).reshape(5, 4)
+        corners = rng.uniform(0, [width, height, width, height], size=(5, 4)).reshape(5, 2, 2)
+        boxes = np.sort(corners, axis=1).reshape(5, 4)
         out = Letterbox(96, 32)(np.zeros((height, width, 3), np.uint8), boxes, np.zeros(5, np.int64))
         assert out["image"].shape[-2] % 32 == 0 and out["image"].shape[-1] % 32 == 0
         assert max(out["image"].shape[-2:]) == 96

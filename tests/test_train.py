@@ -44,3 +44,20 @@ def test_short_training_with_checkpoint_evaluates_best(compose_train, tmp_path):
     metrics = train(cfg)
     assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
     assert "val/mAP" in metrics
+
+
+@pytest.mark.slow
+def test_cornernet_on_hourglass104_fast_dev_run(compose_train):
+    cfg = compose_train(
+        "model=cornernet", "backbone=hourglass104", "model.pool_channels=128", "trainer.fast_dev_run=true",
+        "evaluate_best=false", "data.batch_size=2", "data.val_batch_size=2",
+    )
+    assert "val/mAP" in train(cfg)
+
+
+def test_each_model_picks_its_default_backbone_unless_overridden(compose_train):
+    assert compose_train().backbone.skip_connections is True
+    cornernet = compose_train("model=cornernet").backbone
+    assert cornernet._target_.endswith("Hourglass") and cornernet.num_stacks == 1
+    assert compose_train("model=cornernet", "backbone=hourglass104").backbone.depth == 5
+    assert compose_train("model=centernet", "backbone=hourglass_small").backbone.num_stacks == 2

@@ -163,7 +163,8 @@ class KeypointDetector(pl.LightningModule):
         if "total_steps" in inspect.signature(self.hparams.scheduler).parameters:
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.hparams.scheduler(optimizer=optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+        schedule = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 class CenterNet(KeypointDetector):

@@ -59,7 +59,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     return datamodule, model, trainer
 
 
-def final_metrics(cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule, trainer: pl.Trainer) -> dict[str, float]:
+def final_metrics(
+    cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule, trainer: pl.Trainer
+) -> dict[str, float]:
     """Validation metrics of the best checkpoint (or of the last validation when there is none)."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("evaluate_best") and best:

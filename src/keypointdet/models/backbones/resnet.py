@@ -40,7 +40,9 @@ class ResNet(nn.Module):
         self.stages = nn.ModuleList([trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4])
         # output channels of layer1..3 (stride 4, 8, 16), deepest first as the neck meets them
         skip_channels = [stage[-1].conv1.in_channels for stage in self.stages[:-1]][::-1]
-        self.neck = DeconvNeck(trunk.fc.in_features, neck_channels, deformable, skip_channels if skip_connections else None)
+        self.neck = DeconvNeck(
+            trunk.fc.in_features, neck_channels, deformable, skip_channels if skip_connections else None
+        )
         self.out_channels = self.neck.out_channels
         self.num_stacks = 1
         self.stride = 32 // self.neck.upsampling
