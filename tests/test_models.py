@@ -33,6 +33,17 @@ def test_skip_connections_carry_shallow_features_to_the_output():
     assert all(skip[0].weight.grad.abs().sum() > 0 for skip in backbone.neck.skips)
 
 
+def test_deformable_neck_starts_as_a_plain_convolution_and_learns_offsets():
+    torch.manual_seed(0)
+    backbone = ResNet(18, neck_channels=(16, 16, 16), deformable=True)
+    first = backbone.neck.stages[0][0]
+    x = torch.randn(1, 512, 3, 5)
+    plain = torch.nn.functional.conv2d(x, first.conv.weight, padding=1) * 0.5  # zero offsets, mask sigmoid(0)
+    torch.testing.assert_close(first(x), plain, atol=1e-5, rtol=1e-4)
+    backbone(torch.randn(1, 3, 64, 96))[0].sum().backward()
+    assert first.offset_mask.weight.grad.abs().sum() > 0
+
+
 def test_bad_depth_is_a_clear_error():
     with pytest.raises(ValueError, match="depth"):
         ResNet(19)

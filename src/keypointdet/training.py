@@ -11,7 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from keypointdet.evaluation import format_table
@@ -39,6 +39,13 @@ def instantiate_group(config: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in config.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain, resolved values for the loggers (Hydra's own node left out)."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """DataModule, detector (classes from the annotation file) and Trainer of a config."""
     datamodule = instantiate(cfg.data)
@@ -55,7 +62,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(resolved_config(cfg))
     return datamodule, model, trainer
 
 
@@ -86,5 +93,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     metrics = final_metrics(cfg, datamodule, model, trainer)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # its exit messages come now, so the summary line is the last one
     report(metrics, Path(cfg.paths.output_dir))
     return metrics
