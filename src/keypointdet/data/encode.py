@@ -8,7 +8,8 @@ indices are ``y * W + x`` into the flattened ``[H, W]`` map.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -178,21 +179,6 @@ def encode_centernet(
     }
 
 
-@dataclass(frozen=True)
-class CenterNetEncoder:
-    """Picklable per-sample encoder handed to the datasets (one copy per data-loading worker)."""
-
-    num_classes: int
-    max_objects: int = 128
-    min_overlap: float = 0.7
-    radius_variant: RadiusVariant = "corrected"
-
-    def __call__(self, boxes: np.ndarray, labels: np.ndarray, output_size: tuple[int, int]) -> dict[str, Tensor]:
-        return encode_centernet(
-            boxes, labels, self.num_classes, output_size, self.max_objects, self.min_overlap, self.radius_variant
-        )
-
-
 def encode_cornernet(
     boxes: np.ndarray,
     labels: np.ndarray,
@@ -229,15 +215,32 @@ def encode_cornernet(
 
 
 @dataclass(frozen=True)
-class CornerNetEncoder:
-    """Picklable per-sample CornerNet encoder handed to the datasets (one copy per data-loading worker)."""
+class TargetEncoder:
+    """Picklable per-sample encoder handed to the datasets (one copy per data-loading worker):
+    ``encoder(boxes, labels, output_size)`` with the detector's settings bound."""
 
     num_classes: int
     max_objects: int = 128
-    min_overlap: float = 0.3
+    min_overlap: float = 0.7
     radius_variant: RadiusVariant = "corrected"
+    encode: ClassVar[Callable[..., dict[str, Tensor]]]
 
     def __call__(self, boxes: np.ndarray, labels: np.ndarray, output_size: tuple[int, int]) -> dict[str, Tensor]:
-        return encode_cornernet(
+        return self.encode(
             boxes, labels, self.num_classes, output_size, self.max_objects, self.min_overlap, self.radius_variant
         )
+
+
+@dataclass(frozen=True)
+class CenterNetEncoder(TargetEncoder):
+    """:func:`encode_centernet` with bound settings."""
+
+    encode = staticmethod(encode_centernet)
+
+
+@dataclass(frozen=True)
+class CornerNetEncoder(TargetEncoder):
+    """:func:`encode_cornernet` with bound settings (min_overlap 0.3, CornerNet's released value)."""
+
+    min_overlap: float = 0.3
+    encode = staticmethod(encode_cornernet)
