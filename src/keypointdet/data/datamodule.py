@@ -119,7 +119,8 @@ class DetectionDataModule(pl.LightningDataModule):
         mean, std = self.hparams.mean, self.hparams.std
         letterbox = Letterbox(self.hparams.input_size, self.size_divisor, mean, std)
         if stage in (None, "fit"):
-            train_transform = TrainTransform(self.hparams.input_size, mean=mean, std=std, **(self.hparams.augment or {}))
+            augment = self.hparams.augment or {}
+            train_transform = TrainTransform(self.hparams.input_size, mean=mean, std=std, **augment)
             self.train_dataset = CocoDetection(
                 self.train_ann, self.train_img_dir, train_transform, self.encoder, self.stride
             )
