@@ -80,7 +80,8 @@ def main() -> None:
 
     bf16 = args.precision == "bf16-mixed"
     model = CenterNet(ResNet(18), num_classes=6)
-    network = median_seconds(lambda: bare_step(model, batch, bf16), args.steps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    network = median_seconds(lambda: bare_step(model, optimizer, batch, bf16), args.steps)
 
     raw = [dataset.transform(*_raw(dataset, i)) for i in range(args.batch_size)]
     targets = median_seconds(lambda: [dataset._targets(r["image"], r["boxes"], r["labels"]) for r in raw], args.steps)
@@ -91,7 +92,8 @@ def main() -> None:
     decode = median_seconds(lambda: model.decode(outputs), args.steps)
 
     tiny = CenterNet(TinyBackbone(), num_classes=6)
-    tiny_bare = median_seconds(lambda: bare_step(tiny, batch, bf16), args.steps)
+    tiny_optimizer = torch.optim.Adam(tiny.parameters(), lr=1e-4)
+    tiny_bare = median_seconds(lambda: bare_step(tiny, tiny_optimizer, batch, bf16), args.steps)
     with torch.no_grad():
         tiny_outputs = tiny(batch["image"])[-1]
     tiny_loss = median_seconds(lambda: loss_step(tiny, tiny_outputs, batch), args.steps)
@@ -123,10 +125,8 @@ class TinyBackbone(nn.Module):
         return [self.conv(images)]
 
 
-def bare_step(model: CenterNet, batch: dict, bf16: bool) -> None:
+def bare_step(model: CenterNet, optimizer: torch.optim.Optimizer, batch: dict, bf16: bool) -> None:
     """Forward, a plain mean of the raw outputs as the loss, backward, Adam step (no Lightning)."""
-    optimizer = getattr(model, "_bare_optimizer", None) or torch.optim.Adam(model.parameters(), lr=1e-4)
-    model._bare_optimizer = optimizer
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         outputs = model(batch["image"])[-1]
     sum(value.float().mean() for value in outputs.values()).backward()
