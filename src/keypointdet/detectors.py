@@ -104,15 +104,15 @@ class KeypointDetector(pl.LightningModule):
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
-        for name in ("num_dropped", "num_skipped"):
+        # Every ``num_*`` count the data pipeline attaches (skipped boxes and images, dropped objects).
+        for name in sorted(key for key in batch if key.startswith("num_")):
             self.log(f"data/{name}", batch[name].sum().float(), reduce_fx="sum", on_step=False, on_epoch=True)
         return terms["loss"]
 
     def on_train_epoch_end(self) -> None:
-        for name, what in (("num_dropped", "objects beyond max_objects"), ("num_skipped", "invalid boxes")):
-            count = self.trainer.callback_metrics.get(f"data/{name}")
-            if count is not None and count > 0:
-                rank_zero_warn(f"epoch {self.current_epoch}: {int(count)} {what} were not trained on")
+        for name, count in self.trainer.callback_metrics.items():
+            if name.startswith("data/num_") and count > 0:
+                rank_zero_warn(f"epoch {self.current_epoch}: {name}={int(count)} were left out of training")
 
     def on_validation_epoch_start(self) -> None:
         datamodule = self.trainer.datamodule
