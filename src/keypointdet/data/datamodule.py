@@ -1,26 +1,34 @@
-"""LightningDataModule for COCO-format detection data, shared by both detectors.
+"""LightningDataModules for COCO-format and Pascal VOC detection data, shared by both detectors.
 
 The detector decides what a training sample's targets are: at ``setup`` the DataModule takes the
 target encoder, output stride and input size divisor from the LightningModule it is trained with
-(or from :meth:`DetectionDataModule.configure_targets` when used on its own).
+(or from :meth:`BaseDetectionDataModule.configure_targets` when used on its own).
+
+Randomness is a function of ``seed`` and the epoch only: :class:`EpochSampler` draws each epoch's order
+and one augmentation seed per sample from ``(seed, epoch)``, and the dataset restarts the augmentation
+stream of every sample from its seed. So the samples do not depend on the number of workers, on which
+worker loads them, or on the global random state, and a run resumed from a checkpoint sees exactly the
+batches an uninterrupted run would.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Sampler, default_collate
 
-from keypointdet.data.coco import CocoDetection, Encoder
+from keypointdet.data.coco import CocoDetection, Encoder, Transform
 from keypointdet.data.synthetic import generate_dataset
 from keypointdet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Letterbox, TrainTransform
+from keypointdet.data.voc import VOC_CLASSES, VOCDetection, parse_set
 
 
 def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -34,22 +42,131 @@ def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return default_collate(samples)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Give each data-loading worker its own augmentation stream (differs per worker and per epoch)."""
-    info = get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Random order and per-sample augmentation seeds, both a function of ``(seed, epoch)`` only.
+
+    Yields ``(index, sample_seed)`` pairs: a permutation of ``range(num_samples)`` and independent
+    32-bit seeds, drawn from ``numpy.random.default_rng([seed, epoch])``. Lightning calls
+    :meth:`set_epoch` before every epoch (also when resuming); without it every pass repeats epoch 0.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_samples)
+        seeds = rng.integers(0, 2**32, size=self.num_samples)
+        return iter(zip(order.tolist(), seeds.tolist()))
 
 
-class DetectionDataModule(pl.LightningDataModule):
-    """Train / val dataloaders over COCO-format files.
+class BaseDetectionDataModule(pl.LightningDataModule):
+    """Train / val dataloaders over a detection dataset; subclasses say where the data is.
+
+    Args:
+        input_size: side of the square training input; evaluation resizes the long side to it.
+        batch_size, val_batch_size: training / evaluation batch (``val_batch_size`` defaults to ``batch_size``).
+        augment: keyword arguments of :class:`TrainTransform` (scales, border, flip, color_jitter, lighting).
+        mean, std: normalisation (0-1 scale, RGB).
+        seed: base seed of the training order and augmentation (None: drawn from torch's generator).
+        strict: raise at the first bad annotation or image instead of skipping and counting it.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 512,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        augment: dict[str, Any] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        # also records the arguments of the subclass being constructed
+        self.save_hyperparameters(logger=False)
+        self.seed = int(torch.randint(2**31, ())) if seed is None else int(seed)
+        self.encoder: Encoder | None = None
+        self.stride = 4
+        self.size_divisor = 32
+        self.train_dataset: CocoDetection | None = None
+        self.val_dataset: CocoDetection | None = None
+
+    def categories(self) -> list[dict[str, Any]]:
+        """The dataset's categories (``id``, ``name``) sorted by id: label ``i`` is the ``i``-th."""
+        raise NotImplementedError
+
+    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> CocoDetection:
+        """The ``"train"`` or ``"val"`` dataset."""
+        raise NotImplementedError
+
+    def configure_targets(self, encoder: Encoder, stride: int, size_divisor: int) -> None:
+        """How training samples are encoded: ``encoder(boxes_in_output_pixels, labels, output_size)``."""
+        self.encoder, self.stride, self.size_divisor = encoder, stride, size_divisor
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None and self.trainer.lightning_module is not None:
+            module = self.trainer.lightning_module
+            self.configure_targets(module.encoder, module.stride, module.size_divisor)
+        if self.hparams.input_size % self.size_divisor:
+            raise ValueError(
+                f"data.input_size={self.hparams.input_size} must be a multiple of the backbone's {self.size_divisor}"
+            )
+        mean, std = self.hparams.mean, self.hparams.std
+        if stage in (None, "fit"):
+            augment = self.hparams.augment or {}
+            train_transform = TrainTransform(self.hparams.input_size, mean=mean, std=std, **augment)
+            self.train_dataset = self.make_dataset("train", train_transform, self.encoder)
+        self.val_dataset = self.make_dataset(
+            "val", Letterbox(self.hparams.input_size, self.size_divisor, mean, std), None
+        )
+        if self.train_dataset is not None and self.train_dataset.category_ids != self.val_dataset.category_ids:
+            raise ValueError(f"{self.train_dataset.source} and {self.val_dataset.source} list different category ids")
+
+    def train_dataloader(self) -> DataLoader:
+        if self.encoder is None:
+            raise RuntimeError("no target encoder: train with a detector or call configure_targets() first")
+        sampler = EpochSampler(len(self.train_dataset), self.seed)
+        return self._loader(self.train_dataset, self.hparams.batch_size, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        batch_size = self.hparams.val_batch_size or self.hparams.batch_size
+        return self._loader(self.val_dataset, batch_size, sampler=None, drop_last=False)
+
+    def _loader(self, dataset: CocoDetection, batch_size: int, sampler: Sampler | None, drop_last: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last and len(dataset) >= batch_size,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+            collate_fn=collate,
+        )
+
+
+class DetectionDataModule(BaseDetectionDataModule):
+    """COCO-format files (COCO 2017, the embedded dataset, any export).
 
     Args:
         root: dataset folder. With the COCO 2017 layout (``annotations/instances_{split}2017.json``,
             ``{split}2017/``) it is all that is needed; explicit ``*_ann`` / ``*_img_dir`` override it.
         generate: keyword arguments of :func:`keypointdet.data.synthetic.generate_dataset`; when
             given, the embedded dataset is generated into ``root`` on first use.
-        input_size: side of the square training input; evaluation resizes the long side to it.
-        augment: keyword arguments of :class:`TrainTransform` (scale_range, shift, flip, color_jitter).
+        **kwargs: see :class:`BaseDetectionDataModule`.
     """
 
     def __init__(
@@ -60,27 +177,14 @@ class DetectionDataModule(pl.LightningDataModule):
         val_ann: str | None = None,
         val_img_dir: str | None = None,
         generate: dict[str, Any] | None = None,
-        input_size: int = 512,
-        batch_size: int = 32,
-        val_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = False,
-        augment: dict[str, Any] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(logger=False)
+        super().__init__(**kwargs)
         layout = Path(root) if root is not None else None
         self.train_ann = self._path(train_ann, layout, "annotations/instances_train2017.json", "train_ann")
         self.train_img_dir = self._path(train_img_dir, layout, "train2017", "train_img_dir")
         self.val_ann = self._path(val_ann, layout, "annotations/instances_val2017.json", "val_ann")
         self.val_img_dir = self._path(val_img_dir, layout, "val2017", "val_img_dir")
-        self.encoder: Encoder | None = None
-        self.stride = 4
-        self.size_divisor = 32
-        self.train_dataset: CocoDetection | None = None
-        self.val_dataset: CocoDetection | None = None
 
     @staticmethod
     def _path(explicit: str | None, root: Path | None, default: str, name: str) -> Path:
@@ -96,59 +200,44 @@ class DetectionDataModule(pl.LightningDataModule):
             generate_dataset(self.train_ann.parent, **self.hparams.generate)
 
     def categories(self) -> list[dict[str, Any]]:
-        """The training file's ``categories``, sorted by id (label ``i`` is the ``i``-th)."""
         self.prepare_data()
         try:
             categories = json.loads(self.train_ann.read_text())["categories"]
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"cannot read 'categories' from {self.train_ann}: {error}") from error
         return sorted(categories, key=lambda cat: cat["id"])
 
-    def configure_targets(self, encoder: Encoder, stride: int, size_divisor: int) -> None:
-        """How training samples are encoded: ``encoder(boxes_in_output_pixels, labels, output_size)``."""
-        self.encoder, self.stride, self.size_divisor = encoder, stride, size_divisor
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None and self.trainer.lightning_module is not None:
-            module = self.trainer.lightning_module
-            self.configure_targets(module.encoder, module.stride, module.size_divisor)
-        if self.hparams.input_size % self.size_divisor:
-            raise ValueError(
-                f"data.input_size={self.hparams.input_size} must be a multiple of the backbone's {self.size_divisor}"
-            )
-        mean, std = self.hparams.mean, self.hparams.std
-        letterbox = Letterbox(self.hparams.input_size, self.size_divisor, mean, std)
-        if stage in (None, "fit"):
-            augment = self.hparams.augment or {}
-            train_transform = TrainTransform(self.hparams.input_size, mean=mean, std=std, **augment)
-            self.train_dataset = CocoDetection(
-                self.train_ann, self.train_img_dir, train_transform, self.encoder, self.stride
-            )
-        self.val_dataset = CocoDetection(self.val_ann, self.val_img_dir, letterbox)
-        if self.train_dataset is not None and self.train_dataset.category_ids != self.val_dataset.category_ids:
-            raise ValueError(f"{self.train_ann} and {self.val_ann} list different category ids")
-
-    def train_dataloader(self) -> DataLoader:
-        if self.encoder is None:
-            raise RuntimeError("no target encoder: train with a detector or call configure_targets() first")
-        # Seeds the in-process pipeline from torch's RNG (seed_everything); workers reseed in seed_worker.
-        self.train_dataset.transform.set_random_seed(int(torch.randint(2**31, ())))
-        return self._loader(self.train_dataset, self.hparams.batch_size, shuffle=True, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        batch_size = self.hparams.val_batch_size or self.hparams.batch_size
-        return self._loader(self.val_dataset, batch_size, shuffle=False, drop_last=False)
-
-    def _loader(self, dataset: CocoDetection, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last and len(dataset) >= batch_size,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
-            worker_init_fn=seed_worker,
-            collate_fn=collate,
+    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> CocoDetection:
+        ann_file, img_dir = (
+            (self.train_ann, self.train_img_dir) if split == "train" else (self.val_ann, self.val_img_dir)
         )
+        return CocoDetection(ann_file, img_dir, transform, encoder, self.stride, self.hparams.strict)
+
+
+class VOCDataModule(BaseDetectionDataModule):
+    """Pascal VOC in the ``VOCdevkit`` layout, evaluated with COCO's mAP (and AP50, the VOC metric).
+
+    Args:
+        root: the ``VOCdevkit`` folder (holding ``VOC2007``, ``VOC2012``).
+        train_sets, val_sets: ``"<year>/<set>"`` image sets, e.g. ``["2007/trainval", "2012/trainval"]``
+            and ``["2007/test"]`` (the usual protocol).
+        **kwargs: see :class:`BaseDetectionDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_sets: Sequence[str] = ("2007/trainval", "2012/trainval"),
+        val_sets: Sequence[str] = ("2007/test",),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        for name in (*train_sets, *val_sets):
+            parse_set(name)
+
+    def categories(self) -> list[dict[str, Any]]:
+        return [{"id": i + 1, "name": name} for i, name in enumerate(VOC_CLASSES)]
+
+    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> VOCDetection:
+        sets = self.hparams.train_sets if split == "train" else self.hparams.val_sets
+        return VOCDetection(self.hparams.root, list(sets), transform, encoder, self.stride, self.hparams.strict)

@@ -7,8 +7,8 @@ indices are ``y * W + x`` into the flattened ``[H, W]`` map.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np

@@ -1,8 +1,10 @@
-"""Image + box transforms: training augmentation (albumentations) and the evaluation letterbox.
+"""Image + box transforms: the papers' training augmentation (albumentations) and the evaluation letterbox.
 
 Every transform returns the image as a normalised ``[3, H, W]`` float tensor, boxes ``[N, 4]``
 xyxy in input pixels, and how input pixels relate to original ones: ``input = original * scale + shift``
 (per axis, ``scale`` and ``shift`` as ``(x, y)``), which evaluation inverts.
+
+Coordinates are continuous: pixel ``i`` covers ``[i, i + 1)``, so a box edge and the image border agree.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ from torch import Tensor
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# PCA of ImageNet pixel colours (0-1 scale) used by the official CenterNet / CornerNet lighting,
+# rows reordered from their BGR images to RGB: row c is channel c's component of each eigenvector.
+IMAGENET_EIGENVALUES = (0.2141788, 0.01817699, 0.00348483)
+IMAGENET_EIGENVECTORS = (
+    (-0.56089297, 0.71832671, 0.41158938),
+    (-0.58327470, 0.00994535, -0.81221408),
+    (-0.58752847, -0.69563484, 0.41340352),
+)
+PAPER_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+
 
 def _normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 ``[H, W, 3]`` RGB -> float ``[3, H, W]`` normalised with ``mean`` / ``std`` (0-1 scale)."""
@@ -29,54 +41,157 @@ def _normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return tensor.sub_(mean_t).div_(std_t)
 
 
+def crop_border(border: int, size: int) -> int:
+    """Margin kept between a random crop centre and the image border (official CenterNet ``_get_border``):
+    ``border`` halved until fewer than half of ``size`` pixels lie within it."""
+    divisor = 1
+    while size - border // divisor <= border // divisor:
+        divisor *= 2
+    return border // divisor
+
+
+class RandomScaleCrop(A.DualTransform):
+    """The papers' random crop: a square of side ``scale * long side`` (``scale`` drawn from ``scales``)
+    centred at a random point at least :func:`crop_border` ``(border, size)`` away from each border,
+    warped to ``size x size`` in one affine warp; what falls outside the image is ``fill``.
+
+    Boxes follow the same map; the ``BboxParams`` of the pipeline clip them and drop degenerate ones.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scales: Sequence[float] = PAPER_SCALES,
+        border: int = 128,
+        fill: Sequence[float] = (0.0, 0.0, 0.0),
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        self.size, self.scales, self.border, self.fill = size, tuple(scales), border, tuple(fill)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        side = max(height, width) * self.py_random.choice(self.scales)
+        x_border, y_border = crop_border(self.border, width), crop_border(self.border, height)
+        centre_x = self.py_random.randrange(x_border, width - x_border)
+        centre_y = self.py_random.randrange(y_border, height - y_border)
+        zoom = self.size / side
+        # continuous coordinates: output = zoom * input + shift
+        shift = (self.size / 2 - zoom * centre_x, self.size / 2 - zoom * centre_y)
+        return {"zoom": zoom, "crop_shift": shift}
+
+    def apply(self, img: np.ndarray, zoom: float, crop_shift: tuple[float, float], **params: Any) -> np.ndarray:
+        # OpenCV maps pixel centres: centre i sits at continuous i + 0.5, hence the half-pixel terms.
+        half = 0.5 * (zoom - 1)
+        matrix = np.array([[zoom, 0, crop_shift[0] + half], [0, zoom, crop_shift[1] + half]], dtype=np.float64)
+        return cv2.warpAffine(
+            img,
+            matrix,
+            (self.size, self.size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=self.fill,
+        )
+
+    def apply_to_bboxes(
+        self, bboxes: np.ndarray, zoom: float, crop_shift: tuple[float, float], **params: Any
+    ) -> np.ndarray:
+        """``bboxes [N, 4 + extra]`` normalised to the input image -> normalised to the output square."""
+        height, width = params["shape"][:2]
+        out = bboxes.copy()
+        out[:, [0, 2]] = (bboxes[:, [0, 2]] * width * zoom + crop_shift[0]) / self.size
+        out[:, [1, 3]] = (bboxes[:, [1, 3]] * height * zoom + crop_shift[1]) / self.size
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size", "scales", "border", "fill")
+
+
+class FixedPCALighting(A.ImageOnlyTransform):
+    """AlexNet-style PCA lighting with fixed dataset eigenvectors, as in the official repos:
+    ``image += eigenvectors @ (eigenvalues * alpha)`` (0-1 scale), ``alpha ~ N(0, alpha_std^2)`` per image.
+
+    Unlike albumentations' ``FancyPCA``, which computes a PCA of every image, this costs one lookup
+    table per image: on uint8 the shift of each channel is a clipped per-value LUT.
+    """
+
+    def __init__(
+        self,
+        alpha_std: float = 0.1,
+        eigenvalues: Sequence[float] = IMAGENET_EIGENVALUES,
+        eigenvectors: Sequence[Sequence[float]] = IMAGENET_EIGENVECTORS,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        self.alpha_std = alpha_std
+        self.eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+        self.eigenvectors = np.asarray(eigenvectors, dtype=np.float64)
+
+    def get_params(self) -> dict[str, Any]:
+        alpha = self.random_generator.normal(0.0, self.alpha_std, size=3)
+        return {"colour_shift": self.eigenvectors @ (self.eigenvalues * alpha)}
+
+    def apply(self, img: np.ndarray, colour_shift: np.ndarray, **params: Any) -> np.ndarray:
+        """``img [H, W, 3]`` uint8 RGB -> the same with ``255 * colour_shift[c]`` added to channel ``c``."""
+        values = np.arange(256, dtype=np.float64)[:, None] + 255 * colour_shift[None, :]
+        table = np.clip(np.rint(values), 0, 255).astype(np.uint8).reshape(1, 256, 3)
+        return cv2.LUT(img, table)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("alpha_std", "eigenvalues", "eigenvectors")
+
+
 class TrainTransform:
     """Training augmentation of the CenterNet / CornerNet recipe, with boxes kept in step.
 
-    The image is letterboxed into an ``input_size`` square, zoomed by a random factor whose
-    inverse is the papers' crop scale (``scale_range`` of the long side), shifted at random,
-    flipped horizontally and colour-jittered. Boxes are clipped to the image and degenerate ones
-    dropped (with their labels).
+    :class:`RandomScaleCrop` to an ``input_size`` square (random scale of the long side, random centre
+    away from the border), horizontal flip, brightness / contrast / saturation jitter in random order,
+    :class:`FixedPCALighting`, normalisation. Padding is the mean colour (0 after normalisation, like
+    the evaluation letterbox). Boxes are clipped to the image; those left under 1 pixel^2 are dropped
+    with their labels.
+
+    Args:
+        scales: crop side as a fraction of the image's long side, drawn uniformly from these.
+        border: crop centre margin of :func:`crop_border` (128 in the official code).
+        flip: probability of a horizontal flip.
+        color_jitter: brightness, contrast and saturation factors drawn from ``[1 - j, 1 + j]``.
+        lighting: standard deviation of the PCA lighting coefficients (0 disables it).
     """
 
     def __init__(
         self,
         input_size: int,
-        scale_range: Sequence[float] = (0.6, 1.3),
-        shift: float = 0.2,
+        scales: Sequence[float] = PAPER_SCALES,
+        border: int = 128,
         flip: float = 0.5,
         color_jitter: float = 0.4,
+        lighting: float = 0.1,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        low, high = scale_range
-        mean_colour = tuple(255 * m for m in mean)  # padding that normalises to 0, as in evaluation
+        mean_colour = tuple(255 * m for m in mean)
+        steps: list[A.BasicTransform] = [
+            RandomScaleCrop(input_size, scales, border, fill=mean_colour),
+            A.HorizontalFlip(p=flip),
+            A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0, p=1.0),
+        ]
+        if lighting > 0:
+            steps.append(FixedPCALighting(lighting))
+        steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
         self.pipeline = A.Compose(
-            [
-                A.LongestMaxSize(max_size=input_size),
-                A.PadIfNeeded(
-                    input_size, input_size, position="center", border_mode=cv2.BORDER_CONSTANT, fill=mean_colour
-                ),
-                A.Affine(
-                    scale=(1 / high, 1 / low),
-                    translate_percent=(-shift, shift),
-                    balanced_scale=True,
-                    border_mode=cv2.BORDER_CONSTANT,
-                    fill=mean_colour,
-                    p=1.0,
-                ),
-                A.HorizontalFlip(p=flip),
-                A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0, p=1.0),
-                A.Normalize(mean=mean, std=std),
-                ToTensorV2(),
-            ],
+            steps,
             bbox_params=A.BboxParams(
                 format="pascal_voc", label_fields=["labels"], clip=True, filter_invalid_bboxes=True, min_area=1.0
             ),
         )
 
     def set_random_seed(self, seed: int) -> None:
-        """Give this copy of the pipeline its own random stream (one per data-loading worker)."""
-        self.pipeline.set_random_seed(seed)
+        """Restart the random stream from ``seed``; each step gets its own independent stream (albumentations'
+        ``Compose.set_random_seed`` gives every step the same seed, which correlates their draws)."""
+        streams = np.random.SeedSequence(seed).generate_state(len(self.pipeline.transforms) + 1)
+        self.pipeline.set_random_seed(int(streams[0]))
+        for transform, stream in zip(self.pipeline.transforms, streams[1:]):
+            transform.set_random_seed(int(stream))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """``image [H, W, 3]`` uint8 RGB, ``boxes [N, 4]`` xyxy, ``labels [N]`` -> augmented sample."""
