@@ -47,13 +47,13 @@ def topk_peaks(heatmap: Tensor, k: int) -> Peaks:
     return Peaks(scores, labels, index, index - ys * width, ys)
 
 
-def refined_peaks(heatmap: Tensor, offset: Tensor, k: int, nms_kernel: int = 3) -> tuple[Peaks, Tensor, Tensor]:
-    """The ``k`` best peaks of ``sigmoid(heatmap [B, C, H, W])`` and their refined positions.
+def refined_peaks(scores: Tensor, offset: Tensor, k: int, nms_kernel: int = 3) -> tuple[Peaks, Tensor, Tensor]:
+    """The ``k`` best peaks of the probabilities ``scores [B, C, H, W]`` and their refined positions.
 
-    Returns the peaks (scores in [0, 1]) and ``xs``, ``ys`` ``[B, K]``: each peak's cell plus the
-    sub-cell ``offset [B, 2, H, W]`` (x, y) predicted there, in output pixels.
+    Returns the peaks and ``xs``, ``ys`` ``[B, K]``: each peak's cell plus the sub-cell
+    ``offset [B, 2, H, W]`` (x, y) predicted there, in output pixels.
     """
-    peaks = topk_peaks(peak_nms(torch.sigmoid(heatmap.float()), nms_kernel), k)
+    peaks = topk_peaks(peak_nms(scores.float(), nms_kernel), k)
     shift = gather_at(offset.float(), peaks.index)
     return peaks, peaks.xs + shift[..., 0], peaks.ys + shift[..., 1]
 
@@ -73,7 +73,15 @@ def centernet_decode(
         ``boxes [B, K, 4]`` xyxy in output pixels, ``scores [B, K]`` in [0, 1] (descending),
         ``labels [B, K]`` int64 class indices.
     """
-    peaks, cx, cy = refined_peaks(heatmap, offset, k, nms_kernel)
+    return centernet_decode_scores(torch.sigmoid(heatmap.float()), size, offset, k, nms_kernel)
+
+
+def centernet_decode_scores(
+    scores: Tensor, size: Tensor, offset: Tensor, k: int = 100, nms_kernel: int = 3
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`centernet_decode` of a heatmap already turned into probabilities ``scores [B, C, H, W]``
+    (e.g. the mean of an image's and its mirror's, for flip test-time augmentation)."""
+    peaks, cx, cy = refined_peaks(scores, offset, k, nms_kernel)
     half_size = gather_at(size.float(), peaks.index) / 2
     boxes = torch.stack(
         [cx - half_size[..., 0], cy - half_size[..., 1], cx + half_size[..., 0], cy + half_size[..., 1]], dim=-1
@@ -184,8 +192,8 @@ def cornernet_decode(
         ``boxes [B, max_dets, 4]`` xyxy in output pixels, ``scores [B, max_dets]`` (descending; 0 for
         the padding after an image's last detection), ``labels [B, max_dets]`` int64.
     """
-    tl, tl_xs, tl_ys = refined_peaks(tl_heatmap, tl_offset, k)
-    br, br_xs, br_ys = refined_peaks(br_heatmap, br_offset, k)
+    tl, tl_xs, tl_ys = refined_peaks(torch.sigmoid(tl_heatmap.float()), tl_offset, k)
+    br, br_xs, br_ys = refined_peaks(torch.sigmoid(br_heatmap.float()), br_offset, k)
     tl_tag = gather_at(tl_embedding.float(), tl.index)[..., 0]
     br_tag = gather_at(br_embedding.float(), br.index)[..., 0]
     # Pairs [B, K_tl, K_br]: top-left corners along dim 1, bottom-right corners along dim 2.
@@ -204,3 +212,10 @@ def cornernet_decode(
     )
     labels = tl.labels.gather(1, tl_pick)
     return soft_nms(boxes, scores, labels, soft_nms_sigma, soft_nms_method, max_dets=max_dets)
+
+
+def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
+    """xyxy ``boxes [..., 4]`` found in a horizontally mirrored map of ``width`` pixels -> boxes of the
+    unmirrored map (the continuous coordinate ``x`` of a mirror is ``width - x``)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([width - x2, y1, width - x1, y2], dim=-1)

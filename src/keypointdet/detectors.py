@@ -2,28 +2,83 @@
 
 A detector is a backbone returning one feature map per stack, one head per stack, a loss of the
 raw maps, a decoder of the last stack's maps, and the target encoder its data needs.
+
+Checkpoints rebuild themselves: the backbone is given as its Hydra config (``conf/model/*.yaml``
+pass ``${backbone}`` un-instantiated), which is saved with the other hyper-parameters, and the
+detector's class path is saved under ``detector_class`` (see :func:`keypointdet.inference.load_detector`).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from keypointdet.data.encode import CenterNetEncoder, CornerNetEncoder
-from keypointdet.decode import centernet_decode, cornernet_decode
+from keypointdet.decode import centernet_decode, centernet_decode_scores, cornernet_decode, mirror_boxes, soft_nms
 from keypointdet.evaluation import CocoEvaluator
 from keypointdet.losses import ae_loss, focal_loss, gather_at, regression_loss
 from keypointdet.models.heads import CenterHead, CornerHead
 
 Outputs = dict[str, Tensor]
+DEFAULT_OPTIMIZER = partial(torch.optim.Adam, lr=1.25e-4)
+Detections = tuple[Tensor, Tensor, Tensor]  # boxes [B, K, 4] xyxy, scores [B, K], labels [B, K]
+
+
+@dataclass(frozen=True)
+class TestTimeAugmentation:
+    """Test-time augmentation of :meth:`KeypointDetector.detect` (``model.tta.*``; off by default).
+
+    Args:
+        flip: also run the horizontally mirrored image. CenterNet averages the heatmap probabilities
+            and sizes of the image and its mirror (offsets from the image), CornerNet decodes both and
+            merges the detections with soft-NMS.
+        scales: input scales; with more than one, every scale's detections are mapped back to the
+            original image and merged with soft-NMS, keeping the detector's best 100 (``k`` / ``max_dets``).
+    """
+
+    __test__ = False  # not a pytest test class despite its name
+
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"model.tta.scales must be a non-empty list of positive scales, got {list(self.scales)}")
+
+
+def resize_images(images: Tensor, scale: float, size_divisor: int) -> tuple[Tensor, Tensor]:
+    """Resize ``images [B, 3, H, W]`` by ``scale`` (bilinear) and zero-pad bottom / right to a multiple of
+    ``size_divisor``. Returns the images and the exact ``(x, y)`` resize factors ``[2]`` after rounding."""
+    height, width = images.shape[-2:]
+    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
+    factors = torch.tensor([new_width / width, new_height / height], device=images.device)
+    if (new_height, new_width) != (height, width):
+        images = F.interpolate(images, size=(new_height, new_width), mode="bilinear", align_corners=False)
+    padded_height = -(-new_height // size_divisor) * size_divisor
+    padded_width = -(-new_width // size_divisor) * size_divisor
+    return F.pad(images, (0, padded_width - new_width, 0, padded_height - new_height)), factors
+
+
+def build_backbone(backbone: nn.Module | Mapping[str, Any]) -> nn.Module:
+    """A backbone module, or one instantiated from its Hydra config (a mapping with ``_target_``)."""
+    if isinstance(backbone, nn.Module):
+        return backbone
+    if "_target_" not in backbone:
+        raise ValueError(f"a backbone config needs a _target_, got keys {sorted(backbone)}")
+    return instantiate(backbone, _convert_="object")
 
 
 def mean_count_over_devices(count: Tensor) -> Tensor:
@@ -48,7 +103,8 @@ class KeypointDetector(pl.LightningModule):
 
     Args:
         backbone: module returning a list of feature maps (one per stack) with the attributes
-            ``out_channels``, ``num_stacks``, ``stride``, ``size_divisor``.
+            ``out_channels``, ``num_stacks``, ``stride``, ``size_divisor``; or its Hydra config (saved
+            in checkpoints, so that they can be loaded without the training config).
         num_classes: number of classes (from the annotation file).
         category_ids: dataset category id of each label, for COCO results.
         class_names: name of each label, for logs and drawings.
@@ -56,21 +112,29 @@ class KeypointDetector(pl.LightningModule):
         scheduler: partial LR scheduler (or None), completed with the optimizer and, when it takes
             ``total_steps``, the trainer's estimated number of steps.
         scheduler_interval: ``"step"`` or ``"epoch"``.
+        tta: keyword arguments of :class:`TestTimeAugmentation` (``flip``, ``scales``) used by :meth:`detect`.
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: nn.Module | Mapping[str, Any],
         num_classes: int,
         category_ids: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
-        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.Adam, lr=1.25e-4),
+        optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
+        tta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["backbone"])
+        if isinstance(backbone, nn.Module):
+            self.save_hyperparameters(logger=False, ignore=["backbone"])
+        else:
+            self.save_hyperparameters(logger=False)
+            self.hparams.backbone = OmegaConf.to_container(OmegaConf.create(dict(backbone)), resolve=True)
+            backbone = build_backbone(self.hparams.backbone)
         self.backbone = backbone
+        self.tta = TestTimeAugmentation(**(tta or {}))
         self.num_classes = num_classes
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, num_classes + 1))
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in self.category_ids]
@@ -87,8 +151,18 @@ class KeypointDetector(pl.LightningModule):
         """Weighted loss terms of one stack's raw outputs; must contain ``"loss"`` (their sum)."""
         raise NotImplementedError
 
-    def decode(self, outputs: Outputs) -> tuple[Tensor, Tensor, Tensor]:
+    def decode(self, outputs: Outputs) -> Detections:
         """``boxes [B, K, 4]`` xyxy in output pixels, ``scores [B, K]``, ``labels [B, K]``."""
+        raise NotImplementedError
+
+    def decode_flipped(self, outputs: Outputs, mirrored: Outputs) -> list[Detections]:
+        """Flip test-time augmentation: detections (output pixels of ``outputs``) from the raw outputs of
+        a batch and of its horizontal mirror; more than one set is merged by :meth:`detect`."""
+        raise NotImplementedError
+
+    @property
+    def merge_config(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`keypointdet.decode.soft_nms` that merge test-time augmented detections."""
         raise NotImplementedError
 
     # --- shared ----------------------------------------------------------------------------------
@@ -123,29 +197,57 @@ class KeypointDetector(pl.LightningModule):
             self.evaluator.add(image_id, detections)
 
     def on_validation_epoch_end(self) -> None:
+        # The evaluator keeps its gathered detections (``evaluator.results``) until the next validation.
         metrics = self.evaluator.compute()
         # Identical on every rank (gathered and de-duplicated), so no reduction is needed.
         self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=False)
-        self.evaluator.reset()
 
     @torch.no_grad()
     def detect(self, batch: dict[str, Tensor]) -> list[list[dict[str, Any]]]:
-        """COCO results (original pixels, dataset category ids) of a collated batch, one list per image."""
-        return self.postprocess(self(batch["image"])[-1], batch)
+        """COCO results (original pixels, dataset category ids) of a collated batch, one list per image.
+
+        With test-time augmentation (``self.tta``) the detections of every scale (and, for CornerNet,
+        of the mirror) are merged with soft-NMS.
+        """
+        sets = [detections for scale in self.tta.scales for detections in self._detect_at_scale(batch, scale)]
+        boxes, scores, labels = (torch.cat(parts, dim=1) for parts in zip(*sets))
+        if len(sets) > 1:
+            boxes, scores, labels = soft_nms(boxes, scores, labels, **self.merge_config)
+        return self._per_image_results(batch, boxes, scores, labels)
+
+    def _detect_at_scale(self, batch: dict[str, Tensor], scale: float) -> list[Detections]:
+        """Detections (original pixels) of the batch's images resized by ``scale``, with flip if configured."""
+        images, factors = resize_images(batch["image"], scale, self.size_divisor)
+        if not self.tta.flip:
+            sets = [self.decode(self(images)[-1])]
+        else:
+            outputs = self(torch.cat([images, images.flip(-1)]))[-1]
+            halves = [{name: value.chunk(2)[half] for name, value in outputs.items()} for half in (0, 1)]
+            sets = self.decode_flipped(*halves)
+        return [(self.to_original(boxes, batch, factors), scores, labels) for boxes, scores, labels in sets]
 
     def postprocess(self, outputs: Outputs, batch: dict[str, Tensor]) -> list[list[dict[str, Any]]]:
         """Decode one stack's raw outputs and map the boxes to each image's original pixels."""
         boxes, scores, labels = self.decode(outputs)
-        boxes = self.to_original(boxes, batch)
-        return [self._coco_results(*per_image) for per_image in zip(batch["image_id"].tolist(), boxes, scores, labels)]
+        return self._per_image_results(batch, self.to_original(boxes, batch), scores, labels)
 
-    def to_original(self, boxes: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """Boxes ``[B, K, 4]`` in output pixels -> original image pixels, clipped to the image."""
+    def to_original(self, boxes: Tensor, batch: dict[str, Tensor], resize: Tensor | None = None) -> Tensor:
+        """Boxes ``[B, K, 4]`` in output pixels -> original image pixels, clipped to the image.
+
+        ``resize [2]``: the ``(x, y)`` factors by which the batch's images were resized before the network
+        (test-time scales).
+        """
         scale, shift = batch["scale"].repeat(1, 2)[:, None], batch["shift"].repeat(1, 2)[:, None]
-        original = (boxes * self.stride - shift) / scale
+        input_boxes = boxes * self.stride if resize is None else boxes * self.stride / resize.repeat(2)
+        original = (input_boxes - shift) / scale
         height, width = batch["original_size"][:, 0], batch["original_size"][:, 1]
         upper = torch.stack([width, height, width, height], dim=-1)[:, None].to(original)
         return torch.minimum(original.clamp(min=0), upper)
+
+    def _per_image_results(
+        self, batch: dict[str, Tensor], boxes: Tensor, scores: Tensor, labels: Tensor
+    ) -> list[list[dict[str, Any]]]:
+        return [self._coco_results(*per_image) for per_image in zip(batch["image_id"].tolist(), boxes, scores, labels)]
 
     def _coco_results(self, image_id: int, boxes: Tensor, scores: Tensor, labels: Tensor) -> list[dict[str, Any]]:
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
@@ -154,6 +256,10 @@ class KeypointDetector(pl.LightningModule):
             for box, score, label in zip(xywh, scores.tolist(), labels.tolist())
             if score > 0  # padding and rejected candidates (CornerNet) score 0
         ]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the detector's class, so that :func:`keypointdet.inference.load_detector` can rebuild it."""
+        checkpoint["detector_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.hparams.optimizer(params=self.parameters())
@@ -179,7 +285,7 @@ class CenterNet(KeypointDetector):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: nn.Module | Mapping[str, Any],
         num_classes: int,
         head_channels: int = 64,
         loss: dict[str, float] | None = None,
@@ -190,7 +296,7 @@ class CenterNet(KeypointDetector):
         super().__init__(backbone, num_classes, **kwargs)  # also saves this class's arguments
         self.loss_config = {"alpha": 2.0, "beta": 4.0, "size_weight": 0.1, "offset_weight": 1.0, **(loss or {})}
         self.heads = nn.ModuleList(
-            CenterHead(backbone.out_channels, num_classes, head_channels) for _ in range(backbone.num_stacks)
+            CenterHead(self.backbone.out_channels, num_classes, head_channels) for _ in range(self.backbone.num_stacks)
         )
         self._encoder = CenterNetEncoder(num_classes, **(targets or {}))
         self.k = k
@@ -209,8 +315,19 @@ class CenterNet(KeypointDetector):
         loss = heatmap + config["size_weight"] * size + config["offset_weight"] * offset
         return {"loss": loss, "heatmap": heatmap, "size": size, "offset": offset}
 
-    def decode(self, outputs: Outputs) -> tuple[Tensor, Tensor, Tensor]:
+    def decode(self, outputs: Outputs) -> Detections:
         return centernet_decode(outputs["heatmap"], outputs["size"], outputs["offset"], k=self.k)
+
+    def decode_flipped(self, outputs: Outputs, mirrored: Outputs) -> list[Detections]:
+        """As the official code: mean heatmap probabilities and sizes of image and mirror, the image's offsets."""
+        scores = (torch.sigmoid(outputs["heatmap"].float()) + torch.sigmoid(mirrored["heatmap"].float()).flip(-1)) / 2
+        size = (outputs["size"].float() + mirrored["size"].float().flip(-1)) / 2
+        return [centernet_decode_scores(scores, size, outputs["offset"], k=self.k)]
+
+    @property
+    def merge_config(self) -> dict[str, Any]:
+        # The official multi-scale test: gaussian soft-NMS (sigma 0.5), best 100 per image.
+        return {"sigma": 0.5, "method": "gaussian", "max_dets": self.k}
 
 
 class CornerNet(KeypointDetector):
@@ -228,7 +345,7 @@ class CornerNet(KeypointDetector):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: nn.Module | Mapping[str, Any],
         num_classes: int,
         head_channels: int | None = None,
         pool_channels: int = 128,
@@ -246,8 +363,8 @@ class CornerNet(KeypointDetector):
         defaults = {"alpha": 2.0, "beta": 4.0, "pull_weight": 0.1, "push_weight": 0.1, "offset_weight": 1.0}
         self.loss_config = {**defaults, **(loss or {})}
         self.heads = nn.ModuleList(
-            CornerHead(backbone.out_channels, num_classes, head_channels, pool_channels)
-            for _ in range(backbone.num_stacks)
+            CornerHead(self.backbone.out_channels, num_classes, head_channels, pool_channels)
+            for _ in range(self.backbone.num_stacks)
         )
         self._encoder = CornerNetEncoder(num_classes, **(targets or {}))
         self.decode_config = {
@@ -283,7 +400,17 @@ class CornerNet(KeypointDetector):
         loss = heatmap + config["pull_weight"] * pull + config["push_weight"] * push + config["offset_weight"] * offset
         return {"loss": loss, "heatmap": heatmap, "pull": pull, "push": push, "offset": offset}
 
-    def decode(self, outputs: Outputs) -> tuple[Tensor, Tensor, Tensor]:
+    def decode_flipped(self, outputs: Outputs, mirrored: Outputs) -> list[Detections]:
+        """As the official code: both decoded, the mirror's boxes mirrored back (merged by :meth:`detect`)."""
+        boxes, scores, labels = self.decode(mirrored)
+        return [self.decode(outputs), (mirror_boxes(boxes, outputs["tl_heatmap"].shape[-1]), scores, labels)]
+
+    @property
+    def merge_config(self) -> dict[str, Any]:
+        config = self.decode_config
+        return {"sigma": config["soft_nms_sigma"], "method": config["soft_nms_method"], "max_dets": config["max_dets"]}
+
+    def decode(self, outputs: Outputs) -> Detections:
         return cornernet_decode(
             outputs["tl_heatmap"],
             outputs["br_heatmap"],

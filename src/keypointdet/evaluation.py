@@ -2,7 +2,8 @@
 
 Every rank collects its detections per image; ``compute`` gathers them on all ranks, keeps each
 image id once (a distributed sampler pads the last batch with duplicates), evaluates the images
-that were seen, and returns the same metrics on every rank.
+that were seen, and returns the same metrics on every rank; the gathered detections stay in
+``results`` (the COCO results file of eval.py).
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ class CocoEvaluator:
     def __init__(self, ground_truth: COCO) -> None:
         self.ground_truth = ground_truth
         self.detections: dict[int, list[Detection]] = {}
+        self.results: list[Detection] = []
 
     def reset(self) -> None:
         self.detections = {}
+        self.results = []
 
     def add(self, image_id: int, detections: Sequence[Detection]) -> None:
         """Record the detections of one image (an image with none still counts as evaluated)."""
@@ -65,6 +68,7 @@ class CocoEvaluator:
         for part in _gather(self.detections):
             for image_id, detections in part.items():
                 merged.setdefault(image_id, detections)
+        self.results = [detection for image_id in sorted(merged) for detection in merged[image_id]]
         return evaluate_detections(self.ground_truth, merged)
 
 
@@ -81,7 +85,8 @@ def evaluate_detections(ground_truth: COCO, detections: dict[int, list[Detection
         metrics.update({f"AP/{name}": 0.0 for name in category_names.values()})
         return metrics
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), "bbox")
+        # loadRes adds keys (area, id, segmentation) to the entries it is given: give it copies.
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes([dict(det) for det in results]), "bbox")
         evaluation.params.imgIds = image_ids
         evaluation.evaluate()
         evaluation.accumulate()
