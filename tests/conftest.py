@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -68,3 +70,22 @@ def compose_train(tmp_path: Path, tiny_dataset: Path) -> Callable[..., DictConfi
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def write_coco(path: Path, images: list[dict], annotations: list[dict], categories: list[dict] | None = None) -> Path:
+    """Write a COCO instances file; ``categories`` default to ids 1..3 named a, b, c."""
+    categories = categories if categories is not None else [{"id": i, "name": n} for i, n in enumerate("abc", 1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def write_image(path: Path, height: int, width: int, seed: int = 0, channels: int = 3, dtype=None) -> Path:
+    """A random-noise image file of the given size (PNG keeps it exact; JPEG for .jpg names)."""
+    rng = np.random.default_rng(seed)
+    dtype = dtype or np.uint8
+    high = np.iinfo(dtype).max
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), rng.integers(0, high, size=shape, endpoint=True).astype(dtype))
+    return path

@@ -144,7 +144,7 @@ def clean_annotations(
             continue
         ann_id = ann.get("id", f"at position {position}") if isinstance(ann, dict) else f"at position {position}"
         if strict:
-            raise ValueError(f"{source}: annotation {ann_id}: {reason}")
+            raise ValueError(f"{source}: annotation {ann_id} {reason}")
         problems[kind].append(ann_id)
         if isinstance(ann, dict) and ann.get("image_id") in images:
             counts[ann["image_id"]][kind] += 1
@@ -157,9 +157,9 @@ def _check_annotation(
 ) -> tuple[str | None, str, list[float] | None]:
     """``(problem kind or None, reason, clipped bbox or None)`` of one annotation."""
     if not isinstance(ann, dict) or any(key not in ann for key in ("id", "image_id", "category_id", "bbox")):
-        return "num_bad_boxes", "malformed (needs id, image_id, category_id and bbox)", None
+        return "num_bad_boxes", "is malformed (needs id, image_id, category_id and bbox)", None
     if ann["image_id"] not in images:
-        return "num_bad_boxes", f"image id {ann['image_id']} is not in 'images'", None
+        return "num_bad_boxes", f"refers to image id {ann['image_id']}, which is not in 'images'", None
     image = images[ann["image_id"]]
     where = f"(image {ann['image_id']}, {image['file_name']})"
     bbox = ann["bbox"]
