@@ -1,18 +1,27 @@
-"""DataModule: padded max-objects targets of the right shapes, per-worker augmentation, letterbox meta."""
+"""DataModule: padded max-objects targets of the right shapes, letterbox meta, and randomness that depends on\n(seed, epoch) only: not on the global random state, nor on the workers."""
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 
-from keypointdet.data.datamodule import DetectionDataModule
+from keypointdet.data.datamodule import DetectionDataModule, EpochSampler, collate
 from keypointdet.data.encode import CenterNetEncoder
 
 
 def make_datamodule(root, **kwargs) -> DetectionDataModule:
     datamodule = DetectionDataModule(
-        root=str(root), train_ann=str(root / "train.json"), train_img_dir=str(root / "train"),
-        val_ann=str(root / "val.json"), val_img_dir=str(root / "val"),
-        input_size=128, batch_size=4, num_workers=0, **kwargs,
+        root=str(root),
+        train_ann=str(root / "train.json"),
+        train_img_dir=str(root / "train"),
+        val_ann=str(root / "val.json"),
+        val_img_dir=str(root / "val"),
+        input_size=128,
+        batch_size=4,
+        num_workers=0,
+        **kwargs,
     )
     datamodule.configure_targets(CenterNetEncoder(num_classes=6, max_objects=32), stride=4, size_divisor=32)
     datamodule.setup("fit")
@@ -44,19 +53,82 @@ def test_val_batch_is_letterboxed_with_its_transform(tiny_dataset):
     torch.testing.assert_close(long_side, torch.full_like(long_side, 128.0), atol=0.5, rtol=0)
 
 
-def test_workers_draw_different_augmentations(tiny_dataset):
-    datamodule = make_datamodule(tiny_dataset, augment={"flip": 0.5, "color_jitter": 0.4})
-    datamodule.hparams.num_workers = 2
+class SameImage(torch.utils.data.Dataset):
+    """Every index loads image 0 of ``dataset`` with the sample seed it is given."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: tuple[int, int]) -> dict[str, torch.Tensor]:
+        return self.dataset[(0, index[1])]
+
+
+def epoch_batches(datamodule: DetectionDataModule, epoch: int, num_batches: int = 2) -> list[dict[str, torch.Tensor]]:
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(epoch)  # what Lightning does before every epoch, also when resuming
+    return [batch for _, batch in zip(range(num_batches), loader)]
+
+
+def assert_same_batches(first: list[dict[str, torch.Tensor]], second: list[dict[str, torch.Tensor]]) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_same_seed_and_epoch_reproduce_whatever_the_global_random_state(tiny_dataset):
+    torch.manual_seed(1)
+    first = epoch_batches(make_datamodule(tiny_dataset, seed=5), epoch=3)
+    torch.manual_seed(2)
+    random.seed(2)
+    np.random.seed(2)
+    torch.rand(10)
+    second = epoch_batches(make_datamodule(tiny_dataset, seed=5), epoch=3)
+    assert_same_batches(first, second)
+
+
+def test_epochs_and_seeds_change_order_and_augmentation(tiny_dataset):
+    datamodule = make_datamodule(tiny_dataset, seed=5)
+    epoch_0, epoch_1 = epoch_batches(datamodule, 0)[0], epoch_batches(datamodule, 1)[0]
+    other_seed = epoch_batches(make_datamodule(tiny_dataset, seed=6), 0)[0]
+    for other in (epoch_1, other_seed):
+        assert not torch.equal(epoch_0["image_id"], other["image_id"])
+    # the same image drawn in two epochs is augmented differently
+    sampler = datamodule.train_dataloader().sampler
+    sampler.set_epoch(0)
+    seed_0 = dict(sampler)[0]
+    sampler.set_epoch(1)
+    seed_1 = dict(sampler)[0]
     dataset = datamodule.train_dataset
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, [0, 0, 0, 0]), batch_size=1, num_workers=2,
-        worker_init_fn=lambda worker_id: _seed_subset_worker(worker_id),
-    )
-    images = [batch["image"] for batch in loader]
-    # worker 0 gets items 0 and 2, worker 1 gets 1 and 3: the same image must come out differently
-    assert not torch.equal(images[0], images[1])
+    assert not torch.equal(dataset[(0, seed_0)]["image"], dataset[(0, seed_1)]["image"])
+    assert torch.equal(dataset[(0, seed_0)]["image"], dataset[(0, seed_0)]["image"])
 
 
-def _seed_subset_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    info.dataset.dataset.transform.set_random_seed(info.seed % 2**32)
+def test_workers_draw_different_augmentations_and_do_not_change_them(tiny_dataset):
+    datamodule = make_datamodule(tiny_dataset, seed=5)
+    same_image = SameImage(datamodule.train_dataset)
+
+    def images(num_workers: int) -> list[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(
+            same_image, batch_size=1, num_workers=num_workers, sampler=EpochSampler(4, seed=5), collate_fn=collate
+        )
+        return [batch["image"] for batch in loader]
+
+    two_workers = images(2)
+    # worker 0 loads items 0 and 2, worker 1 items 1 and 3: four different augmentations of one image
+    assert all(not torch.equal(two_workers[i], two_workers[j]) for i in range(4) for j in range(i))
+    assert_same_batches([{"image": image} for image in two_workers], [{"image": image} for image in images(0)])
+
+
+def test_epoch_sampler_is_a_seeded_permutation():
+    sampler = EpochSampler(50, seed=3)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        pairs = list(sampler)
+        rng = np.random.default_rng([3, epoch])  # the documented recipe, drawn independently here
+        assert [index for index, _ in pairs] == rng.permutation(50).tolist()
+        assert [seed for _, seed in pairs] == rng.integers(0, 2**32, size=50).tolist()
