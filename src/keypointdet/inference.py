@@ -9,7 +9,7 @@
     # [{"bbox": [x, y, w, h], "score": 0.93, "category_id": 1, "class_name": "circle"}, ...]
     drawn = draw_detections(image, detections, score_threshold=0.3)  # uint8 [H, W, 3]
 
-A checkpoint written by ``train.py`` holds everything needed: the detector class
+:func:`predict_files` is the run behind ``predict.py``. A checkpoint written by ``train.py`` holds everything needed: the detector class
 (``detector_class``), its hyper-parameters including the backbone's config, and the DataModule's
 (``input_size``, ``mean``, ``std``: the evaluation letterbox).
 """
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import colorsys
 import importlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
@@ -174,3 +176,40 @@ def _color(category_id: int) -> tuple[int, int, int]:
     hue = (category_id * 0.618033988749895) % 1.0
     red, green, blue = (int(255 * channel) for channel in colorsys.hsv_to_rgb(hue, 0.85, 0.95))
     return red, green, blue
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_files(input_path: str | Path) -> list[Path]:
+    """An image file, or the images of a folder (sorted, not recursive)."""
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input not found: {path}")
+    files = sorted(file for file in path.iterdir() if file.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return files
+
+
+def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
+    """``predict.py``: detect on ``cfg.input`` (an image or a folder), write to ``cfg.output`` every image with
+    its detections drawn (same file name, as PNG) and ``detections.json`` (``{file name: detections}``)."""
+    if cfg.get("ckpt_path") is None or cfg.get("input") is None:
+        raise ValueError("give the checkpoint and the images: python predict.py ckpt_path=FILE input=IMAGE_OR_DIR")
+    tta = OmegaConf.to_container(cfg.model.tta, resolve=True) if cfg.get("model") else None
+    model = load_detector(cfg.ckpt_path, tta=tta)
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    all_detections: dict[str, list[Detection]] = {}
+    for file in image_files(cfg.input):
+        image = read_image(file)
+        detections = predict(model, image)
+        all_detections[file.name] = detections
+        drawn = draw_detections(image, detections, cfg.score_threshold)
+        Image.fromarray(drawn).save(output / f"{file.stem}.png")
+    (output / "detections.json").write_text(json.dumps(all_detections))
+    print(f"{len(all_detections)} images with their detections (score >= {cfg.score_threshold}) drawn in {output}")
+    return all_detections
