@@ -6,9 +6,11 @@ import json
 import os
 
 import pytest
-
+import pytorch_lightning as pl
+import torch
 from conftest import remap_categories
-from keypointdet.training import train
+
+from keypointdet.training import build, train
 
 
 def test_fast_dev_run_writes_metrics_and_prints_summary(compose_train, tmp_path, capsys):
@@ -74,3 +76,39 @@ def test_wandb_logs_offline_without_a_key(compose_train, tmp_path, monkeypatch):
     assert os.environ["WANDB_MODE"] == "offline"
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+class LossRecorder(pl.Callback):
+    """Records the training-step loss and the dtype of the last head's raw heatmap outputs."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.head_dtypes: set[torch.dtype] = set()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        def record(module, inputs, outputs):
+            self.head_dtypes |= {value.dtype for name, value in outputs.items() if name.endswith("heatmap")}
+
+        pl_module.heads[-1].register_forward_hook(record)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].detach())
+
+
+@pytest.mark.parametrize("model", ["centernet", "cornernet"])
+def test_bf16_mixed_step_on_cpu_gives_finite_float32_losses(compose_train, model):
+    cfg = compose_train(
+        f"model={model}", "backbone=hourglass_small_1stack", "backbone.dims=[16,16,24,32]", "backbone.stem_channels=16",
+        "backbone.out_channels=16", "data.input_size=64", "trainer.precision=bf16-mixed", "trainer.max_steps=2",
+        "trainer.limit_val_batches=0", "~callbacks",
+    )
+    datamodule, module, trainer = build(cfg)
+    recorder = LossRecorder()
+    trainer.callbacks.append(recorder)
+    trainer.fit(module, datamodule=datamodule)
+    assert recorder.head_dtypes == {torch.bfloat16}  # the network did run in bf16
+    assert len(recorder.losses) == 2
+    assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in recorder.losses)
+    terms = {name: value for name, value in trainer.callback_metrics.items() if name.startswith("train/")}
+    assert {"train/loss", "train/heatmap", "train/offset"} <= set(terms)
+    assert all(torch.isfinite(value) for value in terms.values())

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from keypointdet.evaluation import format_table
 
@@ -30,6 +34,54 @@ def default_wandb_mode() -> None:
     """W&B runs offline (files under the run directory, ``wandb sync`` later) unless the user is logged in."""
     if "WANDB_MODE" not in os.environ and not _logged_in_to_wandb():
         os.environ["WANDB_MODE"] = "offline"
+
+
+def in_multirun() -> bool:
+    """Whether this job is one of a Hydra multirun (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+# W&B rejects longer tags.
+WANDB_MAX_TAG_LENGTH = 64
+
+
+def configure_sweep_wandb(cfg: DictConfig) -> None:
+    """In a multirun, group each job's W&B run by sweep and tag it with the job's overrides.
+
+    ``logger.wandb.group`` defaults to the sweep directory's name; the job's command-line overrides
+    (``model.loss.alpha=2``, ...) are added to ``logger.wandb.tags`` when W&B accepts them as tags
+    (long values such as paths stay in the logged config only).
+    """
+    if not (in_multirun() and cfg.get("logger") and "wandb" in cfg.logger):
+        return
+    hydra = HydraConfig.get()
+    overrides = [override for override in hydra.overrides.task if len(override) <= WANDB_MAX_TAG_LENGTH]
+    with open_dict(cfg):
+        wandb_cfg = cfg.logger.wandb
+        if wandb_cfg.get("group") is None:
+            wandb_cfg.group = Path(hydra.sweep.dir).name
+        wandb_cfg.tags = list(dict.fromkeys([*(wandb_cfg.get("tags") or []), *overrides]))
+
+
+def check_multirun_strategy(trainer: pl.Trainer) -> None:
+    """Refuse a Hydra multirun with a strategy that re-runs the command line to start its processes.
+
+    Lightning's ``ddp`` (and ``strategy=auto`` on several GPUs) starts ranks 1..N-1 by running the
+    command again: inside ``python train.py -m ...`` every rank would run the whole sweep.
+    """
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (
+        in_multirun()
+        and trainer.num_devices > 1
+        and isinstance(launcher, _SubprocessScriptLauncher)
+        and not trainer.strategy.cluster_environment.creates_processes_externally
+    ):
+        raise ValueError(
+            "a Hydra multirun (-m) cannot use the 'ddp' strategy on several devices: it starts the other "
+            "processes by re-running the command line, so each would re-run the sweep. Use "
+            "trainer.strategy=ddp_spawn (processes started by torch.multiprocessing), or launch one process "
+            "per device from outside: hydra/launcher=slurm on a SLURM cluster, or torchrun per job."
+        )
 
 
 def instantiate_group(config: DictConfig | None) -> list[Any]:
@@ -59,10 +111,17 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     )
     if cfg.get("logger") and "wandb" in cfg.logger:
         default_wandb_mode()
+        configure_sweep_wandb(cfg)
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+    check_multirun_strategy(trainer)
+    global_batch_size = cfg.data.batch_size * trainer.num_devices * trainer.num_nodes
+    rank_zero_info(
+        f"global batch {global_batch_size} = data.batch_size {cfg.data.batch_size} x {trainer.num_devices} devices "
+        f"x {trainer.num_nodes} nodes; model.optimizer.lr applies to it as configured"
+    )
     for logger in loggers:
-        logger.log_hyperparams(resolved_config(cfg))
+        logger.log_hyperparams({**resolved_config(cfg), "global_batch_size": global_batch_size})
     return datamodule, model, trainer
 
 
@@ -75,6 +134,24 @@ def final_metrics(
         # weights_only=False: our own checkpoints hold the optimizer / scheduler partials of the config.
         trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=False)
     return {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
+
+
+def log_per_class_ap(loggers: list[Logger], metrics: dict[str, float]) -> None:
+    """The final per-class AP (``val/AP/<class name>``) as a W&B table ``val/AP_per_class``."""
+    rows = [[name.removeprefix("val/AP/"), value] for name, value in metrics.items() if name.startswith("val/AP/")]
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and rows:
+            logger.log_table(key="val/AP_per_class", columns=["class", "AP"], data=rows)
+
+
+def finish_wandb(exit_code: int) -> None:
+    """End this process's W&B run (exit code 1 marks it failed), so the next job of a sweep starts its own.
+
+    The run is W&B's current one rather than the logger's: ``fast_dev_run`` swaps the trainer's loggers
+    for dummies after the run was created with the config.
+    """
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 @rank_zero_only
@@ -91,10 +168,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    metrics = final_metrics(cfg, datamodule, model, trainer)
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # its exit messages come now, so the summary line is the last one
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        metrics = final_metrics(cfg, datamodule, model, trainer)
+        log_per_class_ap(trainer.loggers, metrics)
+    except BaseException:
+        finish_wandb(exit_code=1)
+        raise
+    finish_wandb(exit_code=0)  # its exit messages come now, so the summary line is the last one
     report(metrics, Path(cfg.paths.output_dir))
     return metrics

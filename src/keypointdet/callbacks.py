@@ -1,0 +1,232 @@
+"""Callbacks: validation images with boxes and heatmaps for W&B (Lightning), and a sweep summary (Hydra)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import wandb
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
+
+from keypointdet.data.coco import CocoDetection
+from keypointdet.data.datamodule import collate
+
+log = logging.getLogger(__name__)
+
+
+class WandbValidationImages(pl.Callback):
+    """Log a fixed set of validation images to W&B with ground-truth and predicted boxes and heatmaps.
+
+    After every ``every_n_validations``-th validation (the first one included), the first ``num_images``
+    images of the validation set go through the model in evaluation mode. For every raw output whose
+    name ends with ``heatmap`` (CenterNet: ``heatmap``; CornerNet: ``tl_heatmap``, ``br_heatmap``), one
+    W&B image per validation image is logged under ``val/images/<name>``: the network input with the
+    predicted probabilities (max over classes) overlaid, and two box layers, ``ground_truth`` and
+    ``predictions`` (class name and score; W&B's slider filters them by score). Does nothing without a
+    W&B logger.
+
+    Args:
+        num_images: validation images shown (always the same ones: the first by image id).
+        every_n_validations: log at validations 1, 1 + n, 1 + 2n, ... (sanity checks not counted).
+        min_score: predicted boxes below this score are not drawn.
+        heatmap_opacity: opacity of the overlay where the predicted probability is 1.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 8,
+        every_n_validations: int = 1,
+        min_score: float = 0.1,
+        heatmap_opacity: float = 0.6,
+    ) -> None:
+        if num_images < 1 or every_n_validations < 1:
+            raise ValueError("num_images and every_n_validations must be >= 1")
+        self.num_images = num_images
+        self.every_n_validations = every_n_validations
+        self.min_score = min_score
+        self.heatmap_opacity = heatmap_opacity
+        self.num_validations = 0
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.num_validations += 1
+        if (self.num_validations - 1) % self.every_n_validations:
+            return
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers and trainer.is_global_zero:
+            images = self.render(pl_module, trainer.datamodule.val_dataset)
+            loggers[0].experiment.log({**images, "trainer/global_step": trainer.global_step})
+
+    @torch.no_grad()
+    def render(self, model: pl.LightningModule, dataset: CocoDetection) -> dict[str, list[wandb.Image]]:
+        """``{"val/images/<heatmap name>": [one wandb.Image per fixed validation image]}``."""
+        batch = collate([dataset[index] for index in range(min(self.num_images, len(dataset)))])
+        batch = {name: value.to(model.device) for name, value in batch.items()}
+        was_training = model.training
+        model.eval()
+        outputs = model(batch["image"])[-1]
+        detections = model.detect(batch)
+        model.train(was_training)
+
+        pictures = denormalise(batch["image"], dataset.transform.mean, dataset.transform.std)
+        class_labels = dict(enumerate(model.class_names))
+        label_of = {category_id: label for label, category_id in enumerate(model.category_ids)}
+        boxes = []
+        for index, image_id in enumerate(batch["image_id"].tolist()):
+            scale, shift = batch["scale"][index].tolist(), batch["shift"][index].tolist()
+            gt_boxes, gt_labels, _ = dataset.annotations(image_id)
+            ground_truth = [wandb_box(box, label, class_labels, scale, shift) for box, label in zip(gt_boxes, gt_labels)]
+            predictions = [
+                wandb_box(xywh_to_xyxy(det["bbox"]), label_of[det["category_id"]], class_labels, scale, shift, det["score"])
+                for det in detections[index]
+                if det["score"] >= self.min_score
+            ]
+            boxes.append(
+                {
+                    "ground_truth": {"box_data": ground_truth, "class_labels": class_labels},
+                    "predictions": {"box_data": predictions, "class_labels": class_labels},
+                }
+            )
+
+        logged = {}
+        for name in sorted(key for key in outputs if key.endswith("heatmap")):
+            probability = outputs[name].float().sigmoid().amax(dim=1, keepdim=True)
+            probability = F.interpolate(probability, size=pictures.shape[-2:], mode="bilinear", align_corners=False)
+            overlaid = overlay(pictures, probability[:, 0], self.heatmap_opacity)
+            logged[f"val/images/{name}"] = [
+                wandb.Image(picture, boxes=image_boxes, caption=f"image {image_id}")
+                for picture, image_boxes, image_id in zip(overlaid, boxes, batch["image_id"].tolist())
+            ]
+        return logged
+
+
+def denormalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``images [B, 3, H, W]`` normalised -> ``[B, 3, H, W]`` RGB in [0, 1]."""
+    mean_ = torch.as_tensor(mean, dtype=images.dtype, device=images.device)[:, None, None]
+    std_ = torch.as_tensor(std, dtype=images.dtype, device=images.device)[:, None, None]
+    return (images * std_ + mean_).clamp(0, 1)
+
+
+def overlay(pictures: Tensor, probability: Tensor, opacity: float) -> np.ndarray:
+    """``pictures [B, 3, H, W]`` in [0, 1], ``probability [B, H, W]`` -> ``[B, H, W, 3]`` uint8.
+
+    The heatmap's colour (matplotlib's ``turbo``) is blended in with an opacity proportional to the
+    probability, so that the image stays visible where the network predicts nothing.
+    """
+    probability = probability.clamp(0, 1).cpu().numpy()
+    colours = matplotlib.colormaps["turbo"](probability)[..., :3]
+    weight = opacity * probability[..., None]
+    blended = (1 - weight) * pictures.permute(0, 2, 3, 1).cpu().numpy() + weight * colours
+    return (blended * 255).round().astype(np.uint8)
+
+
+def xywh_to_xyxy(box: Sequence[float]) -> list[float]:
+    x, y, width, height = box
+    return [x, y, x + width, y + height]
+
+
+def wandb_box(
+    box: Sequence[float],
+    label: int,
+    class_labels: dict[int, str],
+    scale: Sequence[float],
+    shift: Sequence[float],
+    score: float | None = None,
+) -> dict[str, Any]:
+    """One W&B box in input pixels from an xyxy ``box`` in original pixels (``input = original * scale + shift``)."""
+    x0, y0, x1, y1 = (float(value) * scale[i % 2] + shift[i % 2] for i, value in enumerate(box))
+    entry: dict[str, Any] = {
+        "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
+        "domain": "pixel",
+        "class_id": int(label),
+        "box_caption": class_labels[int(label)] if score is None else f"{class_labels[int(label)]} {score:.2f}",
+    }
+    if score is not None:
+        entry["scores"] = {"score": float(score)}
+    return entry
+
+
+class SweepSummary(HydraCallback):
+    """One status line per multirun job, so that a crashed job neither hides nor is hidden by the others.
+
+    After each job, writes ``<job dir>/job_status.json`` (status, overrides, optimised metric or error) and
+    rewrites ``<sweep dir>/sweep_summary.tsv`` from all of them. At the end of a sweep that finished (the
+    Optuna sweeper continues after failed trials), logs the table and raises when a job failed, so the
+    command exits non-zero. Hydra's basic sweeper already raises the first failure after running every job.
+    """
+
+    summary_name = "sweep_summary.tsv"
+    status_name = "job_status.json"
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            self._record(config, job_return)
+
+    @rank_zero_only  # a job running one task per device (SLURM) records itself once
+    def _record(self, config: DictConfig, job_return: JobReturn) -> None:
+        status = {
+            "job": int(config.hydra.job.num),
+            "status": job_return.status.name,
+            "overrides": list(job_return.overrides or []),
+            "metric": config.get("optimized_metric"),
+            "value": None,
+            "error": None,
+        }
+        try:
+            status["value"] = job_return.return_value
+        except Exception as error:  # noqa: BLE001 - the job's own exception, re-raised by Hydra's sweeper
+            status["error"] = f"{type(error).__name__}: {error}"
+        output_dir = Path(config.hydra.runtime.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / self.status_name).write_text(json.dumps(status, indent=2))
+        if job_return.status == JobStatus.FAILED:
+            log.error(f"job {status['job']} FAILED ({status['error']}) overrides: {' '.join(status['overrides'])}")
+        self.write_summary(Path(config.hydra.sweep.dir))
+
+    @classmethod
+    def read_statuses(cls, sweep_dir: Path) -> list[dict[str, Any]]:
+        """Every job's ``job_status.json`` under ``sweep_dir``, by job number."""
+        statuses = [json.loads(path.read_text()) for path in sweep_dir.rglob(cls.status_name)]
+        return sorted(statuses, key=lambda status: status["job"])
+
+    @classmethod
+    def write_summary(cls, sweep_dir: Path) -> list[dict[str, Any]]:
+        statuses = cls.read_statuses(sweep_dir)
+        with open(sweep_dir / cls.summary_name, "w", newline="") as file:
+            writer = csv.writer(file, delimiter="\t", lineterminator="\n")
+            writer.writerow(["job", "status", "metric", "value", "overrides", "error"])
+            for status in statuses:
+                writer.writerow(
+                    [status["job"], status["status"], status["metric"], status["value"],
+                     " ".join(status["overrides"]), status["error"] or ""]
+                )
+        return statuses
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses = self.read_statuses(sweep_dir) if sweep_dir.is_dir() else []
+        if not statuses:
+            return
+        summary = (sweep_dir / self.summary_name).read_text()
+        log.info(f"sweep summary ({sweep_dir / self.summary_name}):\n{summary}")
+        failed = [status["job"] for status in statuses if status["status"] != JobStatus.COMPLETED.name]
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} of {len(statuses)} sweep jobs failed (jobs {failed}); see {sweep_dir / self.summary_name}"
+            )
