@@ -186,11 +186,11 @@ class TrainTransform:
         )
 
     def set_random_seed(self, seed: int) -> None:
-        """Restart the random stream from ``seed``; each step gets its own independent stream (albumentations'
-        ``Compose.set_random_seed`` gives every step the same seed, which correlates their draws)."""
-        streams = np.random.SeedSequence(seed).generate_state(len(self.pipeline.transforms) + 1)
-        self.pipeline.set_random_seed(int(streams[0]))
-        for transform, stream in zip(self.pipeline.transforms, streams[1:]):
+        """Restart the random streams from ``seed``, an independent one per step (albumentations'
+        ``Compose.set_random_seed`` gives every step the same seed, which correlates their draws; the
+        Compose's own stream only decides whether to run, with probability 1)."""
+        streams = np.random.SeedSequence(seed).generate_state(len(self.pipeline.transforms))
+        for transform, stream in zip(self.pipeline.transforms, streams):
             transform.set_random_seed(int(stream))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
