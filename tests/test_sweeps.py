@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import read_write
 from test_wandb import offline_runs
 
-from keypointdet.training import build
+from keypointdet.training import build, configure_sweep_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +52,7 @@ def test_two_job_multirun_writes_each_job_and_its_wandb_run_grouped_by_sweep(tin
         assert float(rows[job]["value"]) == pytest.approx(metrics["val/mAP"])
         (run,) = offline_runs(sweep_dir / str(job))
         assert run.group == "alpha_sweep"
-        assert f"model.loss.alpha={alpha}" in run.tags and "dev" in run.tags
-        assert all(len(tag) <= 64 for tag in run.tags)  # the long data.root override is not a tag
+        assert run.tags == ["dev", f"model.loss.alpha={alpha}"]  # the swept value, not the common overrides
         assert run.config["model"]["loss"]["alpha"] == alpha
 
 
@@ -68,6 +67,17 @@ def test_a_crashed_job_is_reported_without_hiding_the_others(tiny_dataset, tmp_p
     assert "data.input_size=100" in failed["error"]
     assert "val/mAP" in json.loads((sweep_dir / "1" / "metrics.json").read_text())
     assert "job 0 FAILED" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_processes_started_by_multiprocessing(tiny_dataset, tmp_path):
+    sweep_dir = tmp_path / "ddp_sweep"
+    result = multirun(tiny_dataset, sweep_dir, "logger=none", "trainer=ddp_cpu", "model.loss.alpha=1,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["COMPLETED", "COMPLETED"]
+    assert result.stdout.count("Launching 2 jobs") + result.stderr.count("Launching 2 jobs") == 1  # not re-run
+    for job in (0, 1):
+        assert "val/mAP" in json.loads((sweep_dir / str(job) / "metrics.json").read_text())
 
 
 @pytest.mark.slow
@@ -97,6 +107,17 @@ def set_mode(cfg, mode: RunMode) -> None:
     with read_write(cfg.hydra):
         cfg.hydra.mode = mode
     HydraConfig.instance().set_config(cfg)
+
+
+def test_optuna_jobs_are_tagged_with_their_values_of_the_search_space(compose_train, tmp_path):
+    cfg = compose_train(
+        "hparams_search=cornernet_optuna", "logger=wandb", "model.loss.alpha=2.5", "model.loss.push_weight=0.05",
+        f"hydra.sweep.dir={tmp_path / 'search'}",
+    )
+    set_mode(cfg, RunMode.MULTIRUN)
+    configure_sweep_wandb(cfg)
+    assert cfg.logger.wandb.group == "search"
+    assert list(cfg.logger.wandb.tags) == ["dev", "model.loss.alpha=2.5", "model.loss.push_weight=0.05"]
 
 
 def test_multirun_refuses_a_strategy_that_relaunches_the_command_line(compose_train):

@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import wandb
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -41,26 +42,36 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-# W&B rejects longer tags.
-WANDB_MAX_TAG_LENGTH = 64
+def swept_keys(hydra: DictConfig) -> set[str]:
+    """The keys a sweep varies: the sweeper's ``params`` (Optuna's search space) and the command line's
+    sweep overrides (``key=a,b``), which the basic sweeper records in ``<sweep dir>/multirun.yaml``."""
+    keys = set(hydra.sweeper.get("params") or {})
+    multirun_file = Path(hydra.sweep.dir) / "multirun.yaml"
+    if multirun_file.is_file():
+        task = OmegaConf.load(multirun_file).hydra.overrides.task
+        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
+    return keys
 
 
 def configure_sweep_wandb(cfg: DictConfig) -> None:
-    """In a multirun, group each job's W&B run by sweep and tag it with the job's overrides.
+    """In a multirun, group each job's W&B run by sweep and tag it with the job's values of the swept keys.
 
-    ``logger.wandb.group`` defaults to the sweep directory's name; the job's command-line overrides
-    (``model.loss.alpha=2``, ...) are added to ``logger.wandb.tags`` when W&B accepts them as tags
-    (long values such as paths stay in the logged config only).
+    ``logger.wandb.group`` defaults to the sweep directory's name; tags such as ``model.loss.alpha=2`` are
+    added to ``logger.wandb.tags`` (every override of the job when the swept keys are not known). The
+    other overrides are in the logged config.
     """
     if not (in_multirun() and cfg.get("logger") and "wandb" in cfg.logger):
         return
     hydra = HydraConfig.get()
-    overrides = [override for override in hydra.overrides.task if len(override) <= WANDB_MAX_TAG_LENGTH]
+    overrides = OverridesParser.create().parse_overrides(list(hydra.overrides.task))
+    keys = swept_keys(hydra)
+    tags = [o.input_line for o in overrides if not keys or o.key_or_group in keys]
     with open_dict(cfg):
         wandb_cfg = cfg.logger.wandb
         if wandb_cfg.get("group") is None:
             wandb_cfg.group = Path(hydra.sweep.dir).name
-        wandb_cfg.tags = list(dict.fromkeys([*(wandb_cfg.get("tags") or []), *overrides]))
+        # W&B rejects tags longer than 64 characters.
+        wandb_cfg.tags = list(dict.fromkeys([*(wandb_cfg.get("tags") or []), *(tag for tag in tags if len(tag) <= 64)]))
 
 
 def check_multirun_strategy(trainer: pl.Trainer) -> None:
