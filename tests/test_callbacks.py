@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+from types import SimpleNamespace
+from unittest.mock import create_autospec
 
 import matplotlib
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from keypointdet.callbacks import SweepSummary, WandbValidationImages, overlay
 from keypointdet.data.datamodule import collate
@@ -111,3 +114,24 @@ def test_sweep_summary_is_quiet_outside_a_multirun(tmp_path):
     config.hydra.mode = RunMode.RUN
     SweepSummary().on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=1.0))
     assert not list(tmp_path.iterdir())
+
+
+def test_validation_images_are_logged_at_validations_1_then_every_n_skipping_sanity_checks(monkeypatch):
+    callback = WandbValidationImages(every_n_validations=3)
+    monkeypatch.setattr(callback, "render", lambda model, dataset: {"val/images/heatmap": []})
+    logger = create_autospec(WandbLogger, instance=True)
+    trainer = SimpleNamespace(
+        sanity_checking=True, loggers=[logger], datamodule=SimpleNamespace(val_dataset=[]), is_global_zero=True,
+        global_step=0,
+    )
+    callback.on_validation_epoch_end(trainer, None)  # the sanity check does not count
+    trainer.sanity_checking = False
+    logged_at = []
+    for validation in range(1, 8):
+        trainer.global_step = validation
+        calls = logger.experiment.log.call_count
+        callback.on_validation_epoch_end(trainer, None)
+        if logger.experiment.log.call_count > calls:
+            logged_at.append(validation)
+    assert logged_at == [1, 4, 7]
+    assert logger.experiment.log.call_args.args[0]["trainer/global_step"] == 7

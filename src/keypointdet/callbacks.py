@@ -69,8 +69,9 @@ class WandbValidationImages(pl.Callback):
         if (self.num_validations - 1) % self.every_n_validations:
             return
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if loggers and trainer.is_global_zero:
-            images = self.render(pl_module, trainer.datamodule.val_dataset)
+        dataset = getattr(trainer.datamodule, "val_dataset", None)  # None when fitted on bare dataloaders
+        if loggers and dataset is not None and trainer.is_global_zero:
+            images = self.render(pl_module, dataset)
             loggers[0].experiment.log({**images, "trainer/global_step": trainer.global_step})
 
     @torch.no_grad()
