@@ -75,10 +75,16 @@ class CocoEvaluator:
 def evaluate_detections(ground_truth: COCO, detections: dict[int, list[Detection]]) -> dict[str, float]:
     """COCO bbox evaluation of ``{image_id: detections}`` restricted to those image ids.
 
-    Scores are kept at full precision: rounding them creates ties that change AP.
+    Scores are kept at full precision: rounding them creates ties that change AP; tied scores are
+    ranked in a canonical order (by category and box).
     """
     image_ids = sorted(detections)
-    results = [det for image_id in image_ids for det in detections[image_id]]
+    # COCOeval ranks equal scores in input order, and equal scores are common (e.g. the constant letterbox
+    # padding): a canonical order makes AP independent of how top-k broke ties on each device.
+    results = sorted(
+        (det for image_id in image_ids for det in detections[image_id]),
+        key=lambda det: (det["image_id"], -det["score"], det["category_id"], *det["bbox"]),
+    )
     category_names = {cat["id"]: cat["name"] for cat in ground_truth.loadCats(ground_truth.getCatIds())}
     if not results:
         metrics = {name: 0.0 for name in STAT_NAMES}

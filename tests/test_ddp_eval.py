@@ -1,0 +1,154 @@
+"""COCO evaluation under DDP: 2 CPU processes (gloo) on an odd-sized validation set give exactly the
+1-process metrics and detections, on every rank; plus the gather / de-duplication with a fake 2-rank gather."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from detector_checkpoint import tiny_checkpoint
+from omegaconf import OmegaConf
+
+from keypointdet import evaluation
+from keypointdet.data.coco import load_coco
+from keypointdet.data.synthetic import generate_dataset
+from keypointdet.evaluate import evaluate
+from keypointdet.evaluation import CocoEvaluator, evaluate_detections
+
+# Run by each DDP rank: Lightning's ddp strategy starts rank 1 by re-running this command.
+RANK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from omegaconf import OmegaConf
+    from keypointdet.evaluate import evaluate
+
+    cfg = OmegaConf.load(sys.argv[1])
+    metrics = evaluate(cfg)
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    with open(os.path.join(cfg.paths.output_dir, f"rank{rank}.json"), "w") as file:
+        json.dump(metrics, file)
+    """
+)
+
+
+def eval_config(ckpt_path, data: dict, output_dir, devices: int):
+    trainer = {
+        "_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "devices": devices,
+        "strategy": "ddp" if devices > 1 else "auto", "precision": 32,
+        "enable_progress_bar": False, "enable_model_summary": False,
+    }
+    return OmegaConf.create({
+        "ckpt_path": str(ckpt_path), "data": data, "trainer": trainer, "paths": {"output_dir": str(output_dir)},
+        "model": {"tta": {"flip": False, "scales": [1.0]}},
+    })
+
+
+def as_tuple(detection: dict) -> tuple:
+    return detection["image_id"], detection["category_id"], detection["score"], *detection["bbox"]
+
+
+def with_constant_sizes(ckpt_path):
+    """The checkpoint with its size branch predicting 3 x 3 cells everywhere: untrained sizes are tiny or
+    negative, and :func:`partly_matched_ground_truth` needs real boxes."""
+    checkpoint = torch.load(ckpt_path, weights_only=False)
+    state = checkpoint["state_dict"]
+    last = max((key for key in state if key.startswith("heads.0.size.")), key=lambda key: int(key.split(".")[3]))
+    layer = last.rsplit(".", 1)[0]
+    state[f"{layer}.weight"].zero_()
+    state[f"{layer}.bias"].fill_(3.0)
+    torch.save(checkpoint, ckpt_path)
+    return ckpt_path
+
+
+def partly_matched_ground_truth(val_ann, results, path):
+    """The validation file with the boxes of every other image replaced by two of the checkpoint's own
+    detections there: an untrained network then scores a mAP strictly between 0 and 1."""
+    data = json.loads(val_ann.read_text())
+    replaced = {image["id"] for image in data["images"][::2]}
+    annotations = [ann for ann in data["annotations"] if ann["image_id"] not in replaced]
+    for image_id in sorted(replaced):
+        mine = [det for det in results if det["image_id"] == image_id ][:2]
+        for det in mine:
+            x, y, w, h = det["bbox"]
+            annotations.append({"id": len(annotations) + 10_000, "image_id": image_id, "category_id": det["category_id"],
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+    data["annotations"] = annotations
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, like each of the 2 DDP processes on 2 cores (Lightning gives each
+    ``cores / processes``): the same convolution kernels, hence the same floats."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_evaluation_equals_one_process(tmp_path, one_thread):
+    dataset = tmp_path / "data"
+    generate_dataset(dataset, num_train=4, num_val=7, seed=3)  # 7: the distributed sampler pads a duplicate
+    ckpt_path = with_constant_sizes(tiny_checkpoint(dataset, tmp_path, "centernet"))
+    data = dict(torch.load(ckpt_path, weights_only=False)["datamodule_hyper_parameters"])
+    data = {"_target_": "keypointdet.data.datamodule.DetectionDataModule", **data, "val_batch_size": 1}
+    evaluate(eval_config(ckpt_path, data, tmp_path / "first", devices=1))
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    data["val_ann"] = str(partly_matched_ground_truth(dataset / "val.json", first, tmp_path / "val.json"))
+
+    single = evaluate(eval_config(ckpt_path, data, tmp_path / "single", devices=1))
+    assert 0.0 < single["val/mAP"] < 1.0
+
+    config = tmp_path / "ddp.yaml"
+    OmegaConf.save(eval_config(ckpt_path, data, tmp_path / "ddp", devices=2), config)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(config)], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):  # logged on every rank (what ModelCheckpoint monitors), exactly the 1-process values
+        assert json.loads((tmp_path / "ddp" / f"rank{rank}.json").read_text()) == single
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text()) == single
+    ddp_results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    single_results = json.loads((tmp_path / "single" / "results.json").read_text())
+    # the same detections; equal scores may come out in another order (top-k ties)
+    assert sorted(map(as_tuple, ddp_results)) == sorted(map(as_tuple, single_results))
+    assert len({det["image_id"] for det in ddp_results}) == 7
+
+
+def test_fake_two_rank_gather_keeps_each_image_once(tmp_path, monkeypatch):
+    images = [{"id": i, "file_name": f"{i}.png", "width": 50, "height": 50} for i in range(1, 6)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0}
+                   for i in range(1, 6)]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}))
+    coco = load_coco(path)
+
+    def hit(image_id, score):
+        return [{"image_id": image_id, "category_id": 1, "bbox": [5, 5, 20, 20], "score": score}]
+
+    def miss(image_id, score):
+        return [{"image_id": image_id, "category_id": 1, "bbox": [30, 30, 10, 10], "score": score}]
+
+    # 5 images over 2 ranks: the sampler gives rank 1 image 1 again as padding (here with other detections,
+    # which must not count twice nor replace the first record).
+    rank0, rank1 = CocoEvaluator(coco), CocoEvaluator(coco)
+    for image_id in (1, 3, 5):
+        rank0.add(image_id, hit(image_id, 0.9) if image_id != 5 else miss(image_id, 0.95))
+    for image_id in (2, 4):
+        rank1.add(image_id, hit(image_id, 0.8))
+    rank1.add(1, miss(1, 0.99))
+    monkeypatch.setattr(evaluation, "_gather", lambda local: [rank0.detections, rank1.detections])
+    expected = evaluate_detections(coco, {1: hit(1, 0.9), 2: hit(2, 0.8), 3: hit(3, 0.9), 4: hit(4, 0.8),
+                                          5: miss(5, 0.95)})
+    for evaluator in (rank0, rank1):
+        assert evaluator.compute() == expected
+        assert sorted(det["image_id"] for det in evaluator.results) == [1, 2, 3, 4, 5]
+    assert expected["mAR100"] == pytest.approx(0.8)
