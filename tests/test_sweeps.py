@@ -56,6 +56,7 @@ def test_two_job_multirun_writes_each_job_and_its_wandb_run_grouped_by_sweep(tin
         assert run.config["model"]["loss"]["alpha"] == alpha
 
 
+@pytest.mark.slow
 def test_a_crashed_job_is_reported_without_hiding_the_others(tiny_dataset, tmp_path):
     sweep_dir = tmp_path / "sweep"
     # 100 is not a multiple of the backbone's 32: the first job fails in setup, the second trains.

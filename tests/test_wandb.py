@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,13 @@ def offline_runs(output_dir: Path) -> list[OfflineRun]:
     return [read_offline_run(directory) for directory in sorted((output_dir / "wandb").glob("offline-run-*"))]
 
 
-def test_offline_run_records_config_losses_metrics_images_and_per_class_ap(compose_train, tiny_dataset, tmp_path):
+def test_offline_run_records_config_losses_metrics_images_and_per_class_ap(
+    compose_train, tiny_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
     cfg = compose_train(
         "logger=wandb", "logger.wandb.project=keypointdet-test", "logger.wandb.group=ablation",
         "logger.wandb.tags=[small,cpu]", "model.loss.alpha=3.0", "trainer.max_epochs=1",
@@ -89,6 +96,7 @@ def test_offline_run_records_config_losses_metrics_images_and_per_class_ap(compo
         "~callbacks.rich_progress_bar",
     )
     metrics = train(cfg)
+    assert os.environ["WANDB_MODE"] == "offline"
     (run,) = offline_runs(tmp_path / "run")
 
     assert run.group == "ablation" and run.tags == ["small", "cpu"]
