@@ -32,7 +32,7 @@ def compose_tiny(dataset: Path, output_dir: Path, model: str, *overrides: str) -
             overrides=[
                 *TINY[model], "trainer=cpu", "logger=none", f"data.root={dataset}", "data.num_workers=0",
                 "data.batch_size=4", "data.val_batch_size=4", "data.input_size=64", "trainer.precision=32",
-                "~callbacks", *overrides,
+                *overrides,
             ],
         )
     with open_dict(cfg):
@@ -45,7 +45,9 @@ def compose_tiny(dataset: Path, output_dir: Path, model: str, *overrides: str) -
 
 def tiny_checkpoint(dataset: Path, directory: Path, model: str) -> Path:
     """Train ``model`` for one step on the tiny dataset and save ``directory/<model>.ckpt``."""
-    cfg = compose_tiny(dataset, directory / "run", model, "trainer.max_steps=1", "trainer.limit_val_batches=0")
+    cfg = compose_tiny(
+        dataset, directory / "run", model, "~callbacks", "trainer.max_steps=1", "trainer.limit_val_batches=0"
+    )
     datamodule, detector, trainer = build(cfg)
     trainer.fit(detector, datamodule=datamodule)
     path = directory / f"{model}.ckpt"
