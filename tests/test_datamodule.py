@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 
 from keypointdet.data.datamodule import DetectionDataModule, EpochSampler, collate
@@ -132,3 +133,46 @@ def test_epoch_sampler_is_a_seeded_permutation():
         rng = np.random.default_rng([3, epoch])  # the documented recipe, drawn independently here
         assert [index for index, _ in pairs] == rng.permutation(50).tolist()
         assert [seed for _, seed in pairs] == rng.integers(0, 2**32, size=50).tolist()
+
+
+class BatchRecorder(pl.LightningModule):
+    """Records what every training step receives (image ids and an image checksum) for each epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.encoder, self.stride, self.size_divisor = CenterNetEncoder(num_classes=6, max_objects=32), 4, 32
+        self.seen: list[tuple[int, list[int], float]] = []
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.seen.append((self.current_epoch, batch["image_id"].tolist(), float(batch["image"].sum())))
+        return self.weight * batch["image"].mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit_recording(tiny_dataset, tmp_path, max_epochs: int, ckpt_path=None) -> list[tuple[int, list[int], float]]:
+    datamodule = DetectionDataModule(
+        train_ann=str(tiny_dataset / "train.json"), train_img_dir=str(tiny_dataset / "train"),
+        val_ann=str(tiny_dataset / "val.json"), val_img_dir=str(tiny_dataset / "val"),
+        input_size=64, batch_size=4, num_workers=2, seed=5,
+    )  # fmt: skip
+    model = BatchRecorder()
+    trainer = pl.Trainer(
+        max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return model.seen
+
+
+def test_a_resumed_run_sees_the_batches_of_an_uninterrupted_one(tiny_dataset, tmp_path):
+    straight = fit_recording(tiny_dataset, tmp_path / "straight", max_epochs=3)
+    torch.manual_seed(123)  # whatever the global state of the resuming process
+    fit_recording(tiny_dataset, tmp_path / "first", max_epochs=2)
+    resumed = fit_recording(tiny_dataset, tmp_path / "resumed", 3, ckpt_path=tmp_path / "first" / "last.ckpt")
+    assert [epoch for epoch, *_ in resumed] == [2, 2]
+    assert resumed == straight[-2:]
+    assert straight[0][1] != straight[2][1]  # and epochs differ

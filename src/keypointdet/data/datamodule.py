@@ -138,7 +138,16 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         if self.encoder is None:
             raise RuntimeError("no target encoder: train with a detector or call configure_targets() first")
         sampler = EpochSampler(len(self.train_dataset), self.seed)
+        # Lightning creates the first epoch's iterator (and worker processes prefetch from the sampler) before
+        # its own set_epoch call, so a run resumed at epoch N must start the sampler there already.
+        sampler.set_epoch(self._starting_epoch())
         return self._loader(self.train_dataset, self.hparams.batch_size, sampler=sampler, drop_last=True)
+
+    def _starting_epoch(self) -> int:
+        """The epoch the trainer is about to run (the value Lightning gives ``set_epoch``; 0 without a trainer)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         batch_size = self.hparams.val_batch_size or self.hparams.batch_size
