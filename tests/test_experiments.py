@@ -103,6 +103,7 @@ def test_resnet18_experiment_trains_one_batch_on_cpu(
         "backbone.pretrained=false",
         "trainer.devices=1",
         "data.input_size=64",
+        "data.pin_memory=false",
     )
     metrics = train(cfg)
     assert "val/mAP" in metrics and 0.0 <= metrics["val/mAP"] <= 1.0
