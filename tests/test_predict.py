@@ -78,17 +78,19 @@ def test_predict_rejects_arrays_that_are_not_rgb_uint8(checkpoint):
 
 
 def test_draw_detections_colours_the_box_outline_only_above_the_threshold():
-    image = np.full((40, 50, 3), 255, dtype=np.uint8)
+    image = np.full((60, 60, 3), 255, dtype=np.uint8)
     detections = [
-        {"bbox": [10, 5, 20, 15], "score": 0.9, "category_id": 1, "class_name": "a"},
-        {"bbox": [30, 25, 10, 10], "score": 0.1, "category_id": 2, "class_name": "b"},
+        {"bbox": [5, 5, 40, 30], "score": 0.9, "category_id": 1, "class_name": "a"},
+        {"bbox": [48, 45, 8, 8], "score": 0.1, "category_id": 2, "class_name": "b"},
     ]
     drawn = draw_detections(image, detections, score_threshold=0.5)
     assert drawn.shape == image.shape and drawn.dtype == np.uint8
-    assert (drawn[12, 10] != 255).any() and (drawn[12, 30] != 255).any()  # left and right edges of the kept box
-    assert (drawn[12, 20] == 255).all()  # inside it
-    assert (drawn[30, 30:40] == 255).all()  # the box below the threshold
+    assert (drawn[25, 5] != 255).any() and (drawn[25, 44] != 255).any()  # left and right edges of the kept box
+    assert (drawn[28, 25] == 255).all()  # inside it, below its label
+    assert (drawn[45:54, 48:57] == 255).all()  # the box below the threshold
     assert np.array_equal(draw_detections(image, detections, score_threshold=1.0), image)
+    inverted = [{**detections[0], "bbox": [45, 35, -40, -30]}]  # negative size: the same box, from its other corner
+    assert np.array_equal(draw_detections(image, inverted, 0.5), draw_detections(image, detections[:1], 0.5))
 
 
 def test_predict_files_writes_drawn_images_and_one_json(checkpoint, tiny_dataset, tmp_path):

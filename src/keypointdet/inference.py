@@ -164,7 +164,9 @@ def draw_detections(image: ImageInput, detections: Sequence[Detection], score_th
     if not kept:
         return array.copy()
     xywh = torch.tensor([detection["bbox"] for detection in kept], dtype=torch.float32)
-    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+    corners = xywh[:, :2], xywh[:, :2] + xywh[:, 2:]
+    # A negative size (an untrained or confused size branch) is drawn as the box it spans.
+    boxes = torch.cat([torch.minimum(*corners), torch.maximum(*corners)], dim=1)
     labels = [f"{detection['class_name']} {detection['score']:.2f}" for detection in kept]
     colors = [_color(detection["category_id"]) for detection in kept]
     drawn = draw_bounding_boxes(torch.from_numpy(array).permute(2, 0, 1), boxes, labels, colors, width=2)
