@@ -120,5 +120,22 @@ def test_load_detector_names_a_missing_or_foreign_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         load_detector(tmp_path / "nope.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    with pytest.raises(ValueError, match="foreign.ckpt has no 'detector_class'"):
+    with pytest.raises(ValueError, match="foreign.ckpt has no 'detector_class' and no run config"):
         load_detector(tmp_path / "foreign.ckpt")
+
+
+def test_checkpoints_without_class_and_backbone_are_rebuilt_from_their_run_config(checkpoint, tmp_path):
+    _, ckpt_path = checkpoint
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    class_path, backbone = state.pop("detector_class"), state["hyper_parameters"].pop("backbone")
+    old = tmp_path / "run" / "checkpoints" / "old.ckpt"  # the layout train.py writes
+    old.parent.mkdir(parents=True)
+    torch.save(state, old)
+    with pytest.raises(ValueError, match="no run config"):
+        load_detector(old)
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save({"model": {"_target_": class_path}, "backbone": backbone}, tmp_path / "run" / ".hydra" / "config.yaml")
+    model = load_detector(old)
+    assert f"{type(model).__module__}.{type(model).__qualname__}" == class_path
+    for key, value in state["state_dict"].items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)

@@ -11,7 +11,9 @@
 
 :func:`predict_files` is the run behind ``predict.py``. A checkpoint written by ``train.py`` holds everything needed: the detector class
 (``detector_class``), its hyper-parameters including the backbone's config, and the DataModule's
-(``input_size``, ``mean``, ``std``: the evaluation letterbox).
+(``input_size``, ``mean``, ``std``: the evaluation letterbox). Checkpoints written before the detector
+class and backbone config were saved in them are rebuilt from their run's ``.hydra/config.yaml``
+(``<run>/checkpoints/<name>.ckpt`` -> ``<run>/.hydra/config.yaml``).
 """
 
 from __future__ import annotations
@@ -47,15 +49,37 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def run_config(ckpt_path: str | Path) -> DictConfig | None:
+    """The Hydra config of the ``train.py`` run that wrote a checkpoint, when it is still next to it."""
+    path = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
 def detector_class(checkpoint: Mapping[str, Any], ckpt_path: str | Path) -> type[KeypointDetector]:
-    """The :class:`KeypointDetector` subclass recorded in a checkpoint."""
-    if "detector_class" not in checkpoint:
-        raise ValueError(f"{ckpt_path} has no 'detector_class': it was not written by a keypointdet detector")
-    module_name, _, class_name = checkpoint["detector_class"].rpartition(".")
+    """The :class:`KeypointDetector` subclass recorded in a checkpoint (or in its run's config)."""
+    run = run_config(ckpt_path)
+    class_path = checkpoint.get("detector_class") or (run.model.get("_target_") if run and "model" in run else None)
+    if class_path is None:
+        raise ValueError(f"{ckpt_path} has no 'detector_class' and no run config: it was not written by train.py")
+    module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     if not (isinstance(cls, type) and issubclass(cls, KeypointDetector)):
-        raise TypeError(f"{ckpt_path}: detector_class {checkpoint['detector_class']} is not a KeypointDetector")
+        raise TypeError(f"{ckpt_path}: detector class {class_path} is not a KeypointDetector")
     return cls
+
+
+def backbone_config(checkpoint: Mapping[str, Any], ckpt_path: str | Path) -> dict[str, Any]:
+    """The backbone's Hydra config saved in a checkpoint's hyper-parameters (or in its run's config)."""
+    backbone = checkpoint["hyper_parameters"].get("backbone")
+    if isinstance(backbone, Mapping):
+        return dict(backbone)
+    run = run_config(ckpt_path)
+    if run is None or "backbone" not in run:
+        raise TypeError(
+            f"{ckpt_path} does not store its backbone's config (the detector was built with a backbone module) "
+            "and has no run config next to it: rebuild the detector yourself and load the checkpoint's state_dict"
+        )
+    return OmegaConf.to_container(run.backbone, resolve=True)
 
 
 def load_detector(
@@ -73,16 +97,11 @@ def load_detector(
     """
     checkpoint = load_checkpoint(ckpt_path)
     cls = detector_class(checkpoint, ckpt_path)
-    backbone = checkpoint["hyper_parameters"].get("backbone")
-    if not isinstance(backbone, Mapping):
-        raise TypeError(
-            f"{ckpt_path} does not store its backbone's config (the detector was built with a backbone module): "
-            "rebuild the detector yourself and load the checkpoint's state_dict"
-        )
-    overrides: dict[str, Any] = {"backbone": {**backbone, "pretrained": False}} if "pretrained" in backbone else {}
+    backbone = backbone_config(checkpoint, ckpt_path)
+    # The ImageNet weights (backbone.pretrained) are in the state_dict: no download.
+    overrides: dict[str, Any] = {"backbone": {**backbone, "pretrained": False} if "pretrained" in backbone else backbone}
     if tta is not None:
         overrides["tta"] = dict(tta)
-    # The ImageNet weights (backbone.pretrained) are in the state_dict: no download.
     model = cls.load_from_checkpoint(ckpt_path, map_location=map_location, weights_only=False, **overrides)
     data = checkpoint.get("datamodule_hyper_parameters", {})
     model.letterbox = Letterbox(
