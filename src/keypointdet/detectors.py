@@ -72,13 +72,11 @@ def resize_images(images: Tensor, scale: float, size_divisor: int) -> tuple[Tens
     return F.pad(images, (0, padded_width - new_width, 0, padded_height - new_height)), factors
 
 
-def build_backbone(backbone: nn.Module | Mapping[str, Any]) -> nn.Module:
-    """A backbone module, or one instantiated from its Hydra config (a mapping with ``_target_``)."""
-    if isinstance(backbone, nn.Module):
-        return backbone
-    if "_target_" not in backbone:
-        raise ValueError(f"a backbone config needs a _target_, got keys {sorted(backbone)}")
-    return instantiate(backbone, _convert_="object")
+def build_backbone(config: Mapping[str, Any]) -> nn.Module:
+    """A backbone instantiated from its Hydra config (a mapping with ``_target_``)."""
+    if "_target_" not in config:
+        raise ValueError(f"a backbone config needs a _target_, got keys {sorted(config)}")
+    return instantiate(config, _convert_="object")
 
 
 def mean_count_over_devices(count: Tensor) -> Tensor:
