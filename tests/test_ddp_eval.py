@@ -23,14 +23,20 @@ from keypointdet.evaluation import CocoEvaluator, evaluate_detections
 RANK_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
+    import torch.distributed as dist
     from omegaconf import OmegaConf
     from keypointdet.evaluate import evaluate
 
     cfg = OmegaConf.load(sys.argv[1])
     metrics = evaluate(cfg)
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    with open(os.path.join(cfg.paths.output_dir, f"rank{rank}.json"), "w") as file:
+    os.makedirs(cfg.paths.output_dir, exist_ok=True)  # rank 0 may not have created it yet
+    path = os.path.join(cfg.paths.output_dir, f"rank{rank}.json")
+    with open(path + ".tmp", "w") as file:
         json.dump(metrics, file)
+    os.replace(path + ".tmp", path)
+    if dist.is_initialized():
+        dist.barrier()  # both files are written when the launching process (rank 0) exits
     """
 )
 
@@ -91,7 +97,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
 def test_two_process_ddp_evaluation_equals_one_process(tmp_path, one_thread):
     dataset = tmp_path / "data"
     generate_dataset(dataset, num_train=4, num_val=7, seed=3)  # 7: the distributed sampler pads a duplicate
