@@ -28,7 +28,7 @@ def run(dataset, output_dir, model: str, max_epochs: int, *overrides: str) -> di
     return torch.load(output_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
-@pytest.mark.parametrize("model", ["centernet", pytest.param("cornernet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", ["centernet", "cornernet"])
 def test_resumed_training_ends_where_uninterrupted_training_ends(model, tiny_dataset, tmp_path):
     straight = run(tiny_dataset, tmp_path / "straight", model, N + M)
     first = run(tiny_dataset, tmp_path / "first", model, N)
