@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import os
 import statistics
 import time
@@ -43,7 +44,7 @@ def sequential_scan(x: Tensor, direction: str) -> Tensor:
     dim, reverse = AXES[direction]
     slices = list(x.unbind(dim))
     order = range(len(slices) - 1, -1, -1) if reverse else range(len(slices))
-    for prev, i in zip(order, order[1:]):
+    for prev, i in itertools.pairwise(order):
         slices[i] = torch.maximum(slices[i], slices[prev])
     return torch.stack(slices, dim)
 

@@ -13,15 +13,15 @@ close together, so most corner pairs survive the pairing rules and soft-NMS runs
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from timing import median_seconds
 
 from keypointdet.detectors import CenterNet, CornerNet
 from keypointdet.models.backbones.resnet import ResNet
-
-from timing import median_seconds
 
 
 def main() -> None:
@@ -51,8 +51,8 @@ def main() -> None:
         detector.eval()
         with torch.no_grad():
             outputs = detector(images)[-1]
-            forward = median_seconds(lambda: detector(images), args.repeats)
-            decode = median_seconds(lambda: detector.decode(outputs), args.repeats)
+            forward = median_seconds(partial(detector, images), args.repeats)
+            decode = median_seconds(partial(detector.decode, outputs), args.repeats)
         print(f"| {name} | {1000 * forward:.1f} | {1000 * decode:.1f} | {100 * decode / forward:.1f}% |")
 
 

@@ -24,6 +24,7 @@ from statistics import median
 
 import pytorch_lightning as pl
 import torch
+from timing import median_seconds
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -34,8 +35,6 @@ from keypointdet.data.synthetic import generate_dataset
 from keypointdet.data.transforms import TrainTransform
 from keypointdet.detectors import CenterNet
 from keypointdet.models.backbones.resnet import ResNet
-
-from timing import median_seconds
 
 
 class StepTimer(pl.Callback):

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import remap_categories
+from test_pipeline import logit, scatter_at
+
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
 from keypointdet.data.encode import CornerNetEncoder, encode_cornernet, gaussian_radius
@@ -24,7 +25,6 @@ from keypointdet.losses import ae_loss
 from keypointdet.models.backbones.resnet import ResNet
 from keypointdet.models.heads import CornerHead, heatmap_bias
 from keypointdet.training import train
-from test_pipeline import logit, scatter_at
 
 # --------------------------------------------------------------------------- naive helpers
 

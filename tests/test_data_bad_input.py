@@ -206,3 +206,40 @@ def test_unreadable_validation_images_are_left_out_of_evaluation(broken: Path) -
     seen = torch.cat([batch["image_id"] for batch in batches]).tolist()
     assert set(seen) == set(dataset.image_ids) - BAD_IMAGE_IDS
     assert sum(int(batch["num_bad_images"].sum()) for batch in batches) == 4
+
+
+def test_a_fit_logs_and_reports_what_was_left_out(compose_train, broken: Path) -> None:
+    from keypointdet.training import build
+
+    data = [
+        f"data.{split}_{key}={broken / name}"
+        for split in ("train", "val")
+        for key, name in (("ann", "ann.json"), ("img_dir", "images"))
+    ]
+    cfg = compose_train(
+        *data,
+        "data.input_size=64",
+        "data.batch_size=7",
+        "data.val_batch_size=7",
+        "data.augment.border=8",
+        "model.targets.max_objects=3",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.check_val_every_n_epoch=1",
+        "~callbacks",
+    )
+    datamodule, model, trainer = build(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=datamodule)
+    metrics = trainer.callback_metrics
+    # the whole dataset once in one batch: every image's problems once, and the 4 replacements of unusable images
+    for prefix in ("data", "val_data"):
+        assert int(metrics[f"{prefix}/num_bad_images"]) == 4
+        for kind, ann_ids in SKIPPED_BOXES.items():
+            # problems of unusable images are not seen: their samples are replaced
+            assert int(metrics[f"{prefix}/{kind}"]) == len(ann_ids)
+    assert int(metrics["data/num_dropped"]) >= 2
+    reported = " ".join(str(warning.message) for warning in caught)
+    assert "data/num_bad_images=4 were left out of training" in reported
+    assert "val_data/num_bad_images=4 were left out of evaluation" in reported

@@ -122,3 +122,24 @@ def test_both_detectors_train_on_voc(compose_train, voc_root: Path, model: str) 
         warnings.simplefilter("ignore", DataWarning)
         metrics = train(cfg)
     assert {"val/mAP", "val/mAP50"} <= set(metrics)
+
+
+def test_eval_rebuilds_the_voc_datamodule_of_a_checkpoint(compose_train, voc_root: Path, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from keypointdet.data.datamodule import VOCDataModule
+    from keypointdet.evaluate import build_datamodule
+    from keypointdet.training import build
+
+    cfg = compose_train(
+        "data=voc", f"data.root={voc_root}", "data.input_size=64", "trainer.max_steps=1",
+        "trainer.limit_val_batches=0", "~callbacks",
+    )  # fmt: skip
+    datamodule, detector, trainer = build(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        trainer.fit(detector, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "voc.ckpt")
+    rebuilt = build_datamodule(OmegaConf.create({"data": None}), str(tmp_path / "voc.ckpt"))
+    assert isinstance(rebuilt, VOCDataModule)
+    assert dict(rebuilt.hparams) == dict(datamodule.hparams)

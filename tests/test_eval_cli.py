@@ -28,7 +28,7 @@ def test_eval_prints_the_coco_table_and_writes_metrics_and_full_precision_result
     output = tmp_path / "eval"
     stdout = run_script(
         "eval.py", f"ckpt_path={ckpt_path}", "trainer=cpu", "model.tta.flip=true", f"hydra.run.dir={output}",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     )
     metrics = json.loads((output / "metrics.json").read_text())
     coco = load_coco(tiny_dataset / "val.json")

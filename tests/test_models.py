@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from keypointdet.models.backbones.resnet import ResNet
@@ -61,5 +61,5 @@ def test_center_head_shapes_and_heatmap_prior():
 def test_environment_yaml_pins_what_pyproject_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
-    conda = set(re.findall(r"^\s+- ([A-Za-z0-9_.\-]+==[^\s]+)$", (ROOT / "environment.yaml").read_text(), re.M))
+    conda = set(re.findall(r"^\s+- ([A-Za-z0-9_.\-]+==[^\s]+)$", (ROOT / "environment.yaml").read_text(), re.MULTILINE))
     assert conda == pins

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import remap_categories
+
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
 from keypointdet.data.encode import CenterNetEncoder

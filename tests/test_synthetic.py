@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from keypointdet.data import synthetic
 from keypointdet.data.synthetic import CLASSES, generate_dataset
 
-SIZE = dict(num_train=12, num_val=6, image_size=(96, 128), max_objects=10)
+SIZE = {"num_train": 12, "num_val": 6, "image_size": (96, 128), "max_objects": 10}
 
 
 def _files(root: Path) -> dict[str, bytes]:

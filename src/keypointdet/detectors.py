@@ -176,15 +176,23 @@ class KeypointDetector(pl.LightningModule):
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
-        # Every ``num_*`` count the data pipeline attaches (skipped boxes and images, dropped objects).
-        for name in sorted(key for key in batch if key.startswith("num_")):
-            self.log(f"data/{name}", batch[name].sum().float(), reduce_fx="sum", on_step=False, on_epoch=True)
+        self._log_data_counts(batch, "data")
         return terms["loss"]
 
-    def on_train_epoch_end(self) -> None:
+    def _log_data_counts(self, batch: dict[str, Tensor], prefix: str) -> None:
+        """Sum every ``num_*`` count the data pipeline attaches (skipped boxes and images, dropped objects)
+        over the epoch and the devices, as ``<prefix>/num_*``."""
+        for name in sorted(key for key in batch if key.startswith("num_")):
+            count = batch[name].sum().float()
+            self.log(f"{prefix}/{name}", count, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True)
+
+    def _warn_data_counts(self, prefix: str, what: str) -> None:
         for name, count in self.trainer.callback_metrics.items():
-            if name.startswith("data/num_") and count > 0:
-                rank_zero_warn(f"epoch {self.current_epoch}: {name}={int(count)} were left out of training")
+            if name.startswith(f"{prefix}/num_") and count > 0:
+                rank_zero_warn(f"epoch {self.current_epoch}: {name}={int(count)} were left out of {what}")
+
+    def on_train_epoch_end(self) -> None:
+        self._warn_data_counts("data", "training")
 
     def on_validation_epoch_start(self) -> None:
         datamodule = self.trainer.datamodule
@@ -193,12 +201,14 @@ class KeypointDetector(pl.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         for image_id, detections in zip(batch["image_id"].tolist(), self.detect(batch)):
             self.evaluator.add(image_id, detections)
+        self._log_data_counts(batch, "val_data")
 
     def on_validation_epoch_end(self) -> None:
         # The evaluator keeps its gathered detections (``evaluator.results``) until the next validation.
         metrics = self.evaluator.compute()
         # Identical on every rank (gathered and de-duplicated), so no reduction is needed.
         self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=False)
+        self._warn_data_counts("val_data", "evaluation")
 
     @torch.no_grad()
     def detect(self, batch: dict[str, Tensor]) -> list[list[dict[str, Any]]]:

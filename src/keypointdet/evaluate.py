@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from keypointdet.data.datamodule import DetectionDataModule
+from keypointdet.data.datamodule import DetectionDataModule, VOCDataModule
 from keypointdet.evaluation import Detection
 from keypointdet.inference import load_checkpoint, load_detector
 from keypointdet.training import report
@@ -27,7 +27,9 @@ def build_datamodule(cfg: DictConfig, ckpt_path: str) -> pl.LightningDataModule:
     hyper_parameters = load_checkpoint(ckpt_path).get("datamodule_hyper_parameters")
     if hyper_parameters is None:
         raise ValueError(f"{ckpt_path} has no datamodule_hyper_parameters: give the dataset with data=...")
-    return DetectionDataModule(**hyper_parameters)
+    # VOC is the DataModule with image sets; every other dataset is COCO-format files
+    datamodule_class = VOCDataModule if "train_sets" in hyper_parameters else DetectionDataModule
+    return datamodule_class(**hyper_parameters)
 
 
 @rank_zero_only

@@ -19,6 +19,8 @@ Python loops dominates and cummax is faster.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -50,7 +52,7 @@ def _scan_slices(x: Tensor, dim: int, reverse: bool) -> Tensor:
     # unbind makes all slice views in one call: a Python select per step costs as much as the op.
     xs, ys = x.unbind(dim), y.unbind(dim)
     ys[order[0]].copy_(xs[order[0]])
-    for prev, i in zip(order, order[1:]):
+    for prev, i in itertools.pairwise(order):
         torch.maximum(xs[i], ys[prev], out=ys[i])
     return y
 
