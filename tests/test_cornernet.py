@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import remap_categories
-from test_pipeline import logit, scatter_at
+from oracles import cornernet_oracle
 
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
@@ -380,16 +380,7 @@ def test_perfect_corner_predictions_give_ap_1(tmp_path: Path, category_ids: dict
     detections = {}
     for sample in samples:  # one image per batch: the letterboxed maps differ in size
         batch = collate([sample])
-        shape = batch["tl_heatmap"].shape[-2:]
-        # One distinct embedding per object at both its corners, 2 apart and away from the background's 0.
-        tags = (2.0 * torch.arange(1, batch["mask"].shape[1] + 1)).reshape(1, -1, 1)
-        oracle = {}
-        for corner in ("tl", "br"):
-            index = batch[f"{corner}_index"]
-            oracle[f"{corner}_heatmap"] = logit(batch[f"{corner}_heatmap"])
-            oracle[f"{corner}_embedding"] = scatter_at(index, batch["mask"], tags, shape)
-            oracle[f"{corner}_offset"] = scatter_at(index, batch["mask"], batch[f"{corner}_offset"], shape)
-        detections[int(sample["image_id"])] = model.postprocess(oracle, batch)[0]
+        detections[int(sample["image_id"])] = model.postprocess(cornernet_oracle(batch), batch)[0]
     assert all(det["score"] > 0 for image in detections.values() for det in image)
     metrics = evaluate_detections(dataset.coco, detections)
     assert metrics["mAP"] >= 0.99

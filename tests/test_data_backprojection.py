@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import write_coco, write_image
-from test_pipeline import logit, scatter_at
+from oracles import centernet_oracle, cornernet_oracle
 
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
@@ -47,28 +46,6 @@ def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     categories = [{"id": 4, "name": "a"}, {"id": 8, "name": "b"}]
     write_coco(root / "val.json", images, annotations, categories)
     return root
-
-
-def centernet_oracle(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    shape = batch["heatmap"].shape[-2:]
-    return {
-        "heatmap": logit(batch["heatmap"]),
-        "size": scatter_at(batch["index"], batch["mask"], batch["size"], shape),
-        "offset": scatter_at(batch["index"], batch["mask"], batch["offset"], shape),
-    }
-
-
-def cornernet_oracle(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    shape = batch["tl_heatmap"].shape[-2:]
-    # one embedding per object at both of its corners, 2 apart and away from the background's 0
-    tags = (2.0 * torch.arange(1, batch["mask"].shape[1] + 1)).reshape(1, -1, 1)
-    oracle = {}
-    for corner in ("tl", "br"):
-        index = batch[f"{corner}_index"]
-        oracle[f"{corner}_heatmap"] = logit(batch[f"{corner}_heatmap"])
-        oracle[f"{corner}_embedding"] = scatter_at(index, batch["mask"], tags, shape)
-        oracle[f"{corner}_offset"] = scatter_at(index, batch["mask"], batch[f"{corner}_offset"], shape)
-    return oracle
 
 
 @pytest.mark.parametrize("detector", ["centernet", "cornernet"])

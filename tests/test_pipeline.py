@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import remap_categories
+from oracles import centernet_oracle
 
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
@@ -18,21 +19,6 @@ from keypointdet.data.transforms import Letterbox
 from keypointdet.detectors import CenterNet
 from keypointdet.evaluation import evaluate_detections
 from keypointdet.models.backbones.resnet import ResNet
-
-
-def logit(probability: torch.Tensor) -> torch.Tensor:
-    probability = probability.clamp(1e-6, 1 - 1e-6)
-    return torch.log(probability / (1 - probability))
-
-
-def scatter_at(index: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Prediction map ``[B, D, H, W]`` holding ``values [B, M, D]`` at the flat positions ``index``."""
-    batch, _, channels = values.shape
-    out = torch.zeros(batch, channels, shape[0] * shape[1])
-    for b in range(batch):
-        for m in torch.nonzero(mask[b]).flatten():
-            out[b, :, index[b, m]] = values[b, m]
-    return out.reshape(batch, channels, *shape)
 
 
 def same_cell_collisions(sample: dict[str, torch.Tensor]) -> int:
@@ -56,13 +42,7 @@ def test_perfect_predictions_give_ap_1(tmp_path: Path, category_ids: dict[int, i
     detections = {}
     for sample in samples:  # one image per batch: the letterboxed maps differ in size
         batch = collate([sample])
-        shape = batch["heatmap"].shape[-2:]
-        oracle = {
-            "heatmap": logit(batch["heatmap"]),
-            "size": scatter_at(batch["index"], batch["mask"], batch["size"], shape),
-            "offset": scatter_at(batch["index"], batch["mask"], batch["offset"], shape),
-        }
-        detections[int(sample["image_id"])] = model.postprocess(oracle, batch)[0]
+        detections[int(sample["image_id"])] = model.postprocess(centernet_oracle(batch), batch)[0]
     metrics = evaluate_detections(dataset.coco, detections)
     assert metrics["mAP"] == pytest.approx(1.0)
     assert metrics["mAR100"] == pytest.approx(1.0)

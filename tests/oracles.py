@@ -1,0 +1,48 @@
+"""Perfect predictions for the pipeline tests: ground-truth targets turned into raw head outputs.
+
+Written independently of the package (a Python loop per object), so that decoding them tests the
+decoders, the box mapping and the evaluation, not a copy of their code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def logit(probability: torch.Tensor) -> torch.Tensor:
+    probability = probability.clamp(1e-6, 1 - 1e-6)
+    return torch.log(probability / (1 - probability))
+
+
+def scatter_at(index: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Prediction map ``[B, D, H, W]`` holding ``values [B, M, D]`` at the flat positions ``index``."""
+    batch, _, channels = values.shape
+    out = torch.zeros(batch, channels, shape[0] * shape[1])
+    for b in range(batch):
+        for m in torch.nonzero(mask[b]).flatten():
+            out[b, :, index[b, m]] = values[b, m]
+    return out.reshape(batch, channels, *shape)
+
+
+def centernet_oracle(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CenterNet raw outputs that decode to the batch's ground truth."""
+    shape = batch["heatmap"].shape[-2:]
+    return {
+        "heatmap": logit(batch["heatmap"]),
+        "size": scatter_at(batch["index"], batch["mask"], batch["size"], shape),
+        "offset": scatter_at(batch["index"], batch["mask"], batch["offset"], shape),
+    }
+
+
+def cornernet_oracle(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CornerNet raw outputs that decode to the batch's ground truth: one embedding per object at both of
+    its corners, 2 apart and away from the background's 0."""
+    shape = batch["tl_heatmap"].shape[-2:]
+    tags = (2.0 * torch.arange(1, batch["mask"].shape[1] + 1)).reshape(1, -1, 1)
+    oracle = {}
+    for corner in ("tl", "br"):
+        index = batch[f"{corner}_index"]
+        oracle[f"{corner}_heatmap"] = logit(batch[f"{corner}_heatmap"])
+        oracle[f"{corner}_embedding"] = scatter_at(index, batch["mask"], tags, shape)
+        oracle[f"{corner}_offset"] = scatter_at(index, batch["mask"], batch[f"{corner}_offset"], shape)
+    return oracle
