@@ -109,6 +109,15 @@ def test_sweep_summary_lists_every_job_and_fails_the_sweep_when_one_crashed(tmp_
         summary.on_multirun_end(job_config(tmp_path, 0))
 
 
+def test_sweep_summary_skips_a_status_another_job_is_still_writing(tmp_path):
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "job_status.json").write_text('{"job": 1, "sta')  # a parallel job mid-write
+    SweepSummary().on_job_end(job_config(tmp_path, 0), JobReturn(status=JobStatus.COMPLETED, _return_value=0.5))
+    with open(tmp_path / "sweep_summary.tsv") as file:
+        assert [row["job"] for row in csv.DictReader(file, delimiter="\t")] == ["0"]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_sweep_summary_is_quiet_outside_a_multirun(tmp_path):
     config = job_config(tmp_path, 0)
     config.hydra.mode = RunMode.RUN

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -195,28 +197,35 @@ class SweepSummary(HydraCallback):
             status["error"] = f"{type(error).__name__}: {error}"
         output_dir = Path(config.hydra.runtime.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / self.status_name).write_text(json.dumps(status, indent=2))
+        _write_atomically(output_dir / self.status_name, json.dumps(status, indent=2))
         if job_return.status == JobStatus.FAILED:
             log.error(f"job {status['job']} FAILED ({status['error']}) overrides: {' '.join(status['overrides'])}")
         self.write_summary(Path(config.hydra.sweep.dir))
 
     @classmethod
     def read_statuses(cls, sweep_dir: Path) -> list[dict[str, Any]]:
-        """Every job's ``job_status.json`` under ``sweep_dir``, by job number."""
-        statuses = [json.loads(path.read_text()) for path in sweep_dir.rglob(cls.status_name)]
+        """Every job's ``job_status.json`` under ``sweep_dir``, by job number (jobs of a parallel launcher
+        that have not written theirs yet are left out)."""
+        statuses = []
+        for path in sweep_dir.rglob(cls.status_name):
+            try:
+                statuses.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
         return sorted(statuses, key=lambda status: status["job"])
 
     @classmethod
     def write_summary(cls, sweep_dir: Path) -> list[dict[str, Any]]:
         statuses = cls.read_statuses(sweep_dir)
-        with open(sweep_dir / cls.summary_name, "w", newline="") as file:
-            writer = csv.writer(file, delimiter="\t", lineterminator="\n")
-            writer.writerow(["job", "status", "metric", "value", "overrides", "error"])
-            for status in statuses:
-                writer.writerow(
-                    [status["job"], status["status"], status["metric"], status["value"],
-                     " ".join(status["overrides"]), status["error"] or ""]
-                )
+        table = io.StringIO()
+        writer = csv.writer(table, delimiter="\t", lineterminator="\n")
+        writer.writerow(["job", "status", "metric", "value", "overrides", "error"])
+        for status in statuses:
+            writer.writerow(
+                [status["job"], status["status"], status["metric"], status["value"],
+                 " ".join(status["overrides"]), status["error"] or ""]
+            )
+        _write_atomically(sweep_dir / cls.summary_name, table.getvalue())
         return statuses
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -231,3 +240,11 @@ class SweepSummary(HydraCallback):
             raise RuntimeError(
                 f"{len(failed)} of {len(statuses)} sweep jobs failed (jobs {failed}); see {sweep_dir / self.summary_name}"
             )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so that jobs running in parallel (a SLURM
+    launcher) never read a half-written status or summary."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -116,6 +116,9 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         self.encoder, self.stride, self.size_divisor = encoder, stride, size_divisor
 
     def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            # every rank must draw the same order (the distributed sampler shards it), also when seed=null
+            self.seed = self.trainer.strategy.broadcast(self.seed, src=0)
         if self.trainer is not None and self.trainer.lightning_module is not None:
             module = self.trainer.lightning_module
             self.configure_targets(module.encoder, module.stride, module.size_divisor)
