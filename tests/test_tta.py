@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_decode_maths import distinct_map, naive_peak_nms, naive_topk
 
-from keypointdet.decode import soft_nms
+from keypointdet.decode import cornernet_pairs, soft_nms
 from keypointdet.detectors import CenterNet, CornerNet, TestTimeAugmentation, resize_images
 
 RESNET = {"_target_": "keypointdet.models.backbones.resnet.ResNet", "depth": 18, "neck_channels": [32, 32, 32]}
@@ -72,7 +72,7 @@ def test_centernet_flip_averages_probabilities_and_sizes_and_keeps_the_image_off
         assert box == pytest.approx([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], abs=1e-5)
 
 
-def test_cornernet_flip_merges_the_image_and_the_mirrored_back_detections():
+def test_cornernet_flip_merges_the_pairs_of_image_and_mirror_with_one_soft_nms():
     model = cornernet(k=10, num_dets=50, max_dets=20)
     g = torch.Generator().manual_seed(3)
     shapes = {"heatmap": 3, "embedding": 1, "offset": 2}
@@ -80,15 +80,24 @@ def test_cornernet_flip_merges_the_image_and_the_mirrored_back_detections():
         {f"{corner}_{kind}": torch.randn(1, channels, 8, 9, generator=g)
          for corner in ("tl", "br") for kind, channels in shapes.items()}
         for _ in range(2)
-    )
+    )  # fmt: skip
+    names = ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding", "tl_offset", "br_offset")
     direct, from_mirror = model.decode_flipped(maps, mirrored)
-    for got, want in zip(direct, model.decode(maps)):
+    for got, want in zip(direct, cornernet_pairs(*(maps[name] for name in names), k=10, num_dets=50)):
         torch.testing.assert_close(got, want)
-    boxes, scores, labels = model.decode(mirrored)
+    boxes, scores, labels = cornernet_pairs(*(mirrored[name] for name in names), k=10, num_dets=50)
     naive = [[9 - x2, y1, 9 - x1, y2] for x1, y1, x2, y2 in boxes[0].tolist()]  # x -> width - x
     torch.testing.assert_close(from_mirror[0][0], torch.tensor(naive))
     torch.testing.assert_close(from_mirror[1], scores)
     assert torch.equal(from_mirror[2], labels)
+    # Suppressed once, over both sets together: an already suppressed set would be decayed twice.
+    together = [torch.cat([direct[i], from_mirror[i]], dim=1) for i in range(3)]
+    merged = model.merge([direct, from_mirror])
+    for got, want in zip(merged, soft_nms(*together, sigma=0.5, method="gaussian", max_dets=20)):
+        torch.testing.assert_close(got, want)
+    # Without TTA the one set is suppressed too: the model's decode.
+    for got, want in zip(model.merge([direct]), model.decode(maps)):
+        torch.testing.assert_close(got, want)
 
 
 def test_centernet_flip_of_a_symmetric_image_gives_mirrored_detections():
@@ -162,3 +171,14 @@ def test_tta_config_is_validated():
         TestTimeAugmentation(scales=())
     with pytest.raises(ValueError, match="tta.scales"):
         TestTimeAugmentation(scales=(1.0, -0.5))
+
+
+def test_flip_inputs_are_padded_to_the_stride_so_the_map_mirrors_onto_the_image():
+    # The hourglass takes any size (size divisor 1): a 61-px-wide image would give a 16-cell map covering
+    # 64 px, and its mirror would be shifted by 3 px. Padding to a multiple of the stride keeps it exact.
+    model = cornernet(tta={"flip": True})
+    widths = []
+    forward = model.forward
+    model.forward = lambda images: widths.append(images.shape[-1]) or forward(images)
+    model.detect(batch_of(torch.randn(1, 3, 40, 61)))
+    assert model.size_divisor == 1 and widths == [64]

@@ -162,7 +162,7 @@ def soft_nms(
     return kept_boxes, selected_scores, kept_labels
 
 
-def cornernet_decode(
+def cornernet_pairs(
     tl_heatmap: Tensor,
     br_heatmap: Tensor,
     tl_embedding: Tensor,
@@ -172,16 +172,12 @@ def cornernet_decode(
     k: int = 100,
     ae_threshold: float = 0.5,
     num_dets: int = 1000,
-    soft_nms_sigma: float = 0.5,
-    soft_nms_method: Literal["gaussian", "linear"] = "gaussian",
-    max_dets: int = 100,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Boxes from CornerNet's raw head outputs: the top-``k`` corners of each kind, paired.
+    """CornerNet's candidate boxes before soft-NMS: the top-``k`` corners of each kind, paired.
 
     Each of the ``k x k`` (top-left, bottom-right) pairs scores the mean of its two corner scores
     and is rejected when the classes differ, when ``|e_tl - e_br| > ae_threshold``, or when the
-    bottom-right corner lies left of or above the top-left one. The best ``num_dets`` pairs go
-    through per-class soft-NMS, which keeps the best ``max_dets``.
+    bottom-right corner lies left of or above the top-left one. The best ``num_dets`` pairs are kept.
 
     Args:
         tl_heatmap, br_heatmap: ``[B, C, H, W]`` logits.
@@ -189,8 +185,9 @@ def cornernet_decode(
         tl_offset, br_offset: ``[B, 2, H, W]`` sub-cell corner offsets (x, y).
 
     Returns:
-        ``boxes [B, max_dets, 4]`` xyxy in output pixels, ``scores [B, max_dets]`` (descending; 0 for
-        the padding after an image's last detection), ``labels [B, max_dets]`` int64.
+        ``boxes [B, N, 4]`` xyxy in output pixels, ``scores [B, N]`` (descending; -1 for rejected pairs,
+        below any soft-NMS threshold, so they are never output), ``labels [B, N]`` int64, with
+        ``N = min(num_dets, k * k)``.
     """
     tl, tl_xs, tl_ys = refined_peaks(torch.sigmoid(tl_heatmap.float()), tl_offset, k)
     br, br_xs, br_ys = refined_peaks(torch.sigmoid(br_heatmap.float()), br_offset, k)
@@ -205,13 +202,38 @@ def cornernet_decode(
     )
     pair_scores = torch.where(rejected, -1.0, (tl.scores.unsqueeze(2) + br.scores.unsqueeze(1)) / 2).flatten(1)
     scores, pairs = pair_scores.topk(min(num_dets, pair_scores.shape[1]))
-    # Rejected pairs keep score -1, below any soft-NMS score threshold, so they are never output.
     tl_pick, br_pick = torch.div(pairs, br.scores.shape[1], rounding_mode="floor"), pairs % br.scores.shape[1]
     boxes = torch.stack(
         [tl_xs.gather(1, tl_pick), tl_ys.gather(1, tl_pick), br_xs.gather(1, br_pick), br_ys.gather(1, br_pick)], dim=-1
     )
-    labels = tl.labels.gather(1, tl_pick)
-    return soft_nms(boxes, scores, labels, soft_nms_sigma, soft_nms_method, max_dets=max_dets)
+    return boxes, scores, tl.labels.gather(1, tl_pick)
+
+
+def cornernet_decode(
+    tl_heatmap: Tensor,
+    br_heatmap: Tensor,
+    tl_embedding: Tensor,
+    br_embedding: Tensor,
+    tl_offset: Tensor,
+    br_offset: Tensor,
+    k: int = 100,
+    ae_threshold: float = 0.5,
+    num_dets: int = 1000,
+    soft_nms_sigma: float = 0.5,
+    soft_nms_method: Literal["gaussian", "linear"] = "gaussian",
+    max_dets: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes from CornerNet's raw head outputs: :func:`cornernet_pairs`, then per-class soft-NMS, which
+    keeps the best ``max_dets``.
+
+    Returns:
+        ``boxes [B, max_dets, 4]`` xyxy in output pixels, ``scores [B, max_dets]`` (descending; 0 for
+        the padding after an image's last detection), ``labels [B, max_dets]`` int64.
+    """
+    pairs = cornernet_pairs(
+        tl_heatmap, br_heatmap, tl_embedding, br_embedding, tl_offset, br_offset, k, ae_threshold, num_dets
+    )
+    return soft_nms(*pairs, soft_nms_sigma, soft_nms_method, max_dets=max_dets)
 
 
 def mirror_boxes(boxes: Tensor, width: float) -> Tensor:

@@ -11,6 +11,7 @@ detector's class path is saved under ``detector_class`` (see :func:`keypointdet.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +27,14 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from keypointdet.data.encode import CenterNetEncoder, CornerNetEncoder
-from keypointdet.decode import centernet_decode, centernet_decode_scores, cornernet_decode, mirror_boxes, soft_nms
+from keypointdet.decode import (
+    centernet_decode,
+    centernet_decode_scores,
+    cornernet_decode,
+    cornernet_pairs,
+    mirror_boxes,
+    soft_nms,
+)
 from keypointdet.evaluation import CocoEvaluator
 from keypointdet.losses import ae_loss, focal_loss, gather_at, regression_loss
 from keypointdet.models.heads import CenterHead, CornerHead
@@ -70,6 +78,12 @@ def resize_images(images: Tensor, scale: float, size_divisor: int) -> tuple[Tens
     padded_height = -(-new_height // size_divisor) * size_divisor
     padded_width = -(-new_width // size_divisor) * size_divisor
     return F.pad(images, (0, padded_width - new_width, 0, padded_height - new_height)), factors
+
+
+def concatenate(sets: Sequence[Detections]) -> Detections:
+    """Candidate sets of the same images ``(boxes [B, K_i, 4], scores [B, K_i], labels [B, K_i])`` as one set."""
+    boxes, scores, labels = (torch.cat(parts, dim=1) for parts in zip(*sets))
+    return boxes, scores, labels
 
 
 def build_backbone(config: Mapping[str, Any]) -> nn.Module:
@@ -154,14 +168,25 @@ class KeypointDetector(pl.LightningModule):
         raise NotImplementedError
 
     def decode_flipped(self, outputs: Outputs, mirrored: Outputs) -> list[Detections]:
-        """Flip test-time augmentation: detections (output pixels of ``outputs``) from the raw outputs of
-        a batch and of its horizontal mirror; more than one set is merged by :meth:`detect`."""
+        """Flip test-time augmentation: candidate sets (output pixels of ``outputs``) from the raw outputs of
+        a batch and of its horizontal mirror, merged by :meth:`merge`."""
         raise NotImplementedError
 
     @property
     def merge_config(self) -> dict[str, Any]:
         """Keyword arguments of :func:`keypointdet.decode.soft_nms` that merge test-time augmented detections."""
         raise NotImplementedError
+
+    def candidates(self, outputs: Outputs) -> Detections:
+        """One test-time augmentation's detections before :meth:`merge` (by default :meth:`decode`'s)."""
+        return self.decode(outputs)
+
+    def merge(self, sets: Sequence[Detections]) -> Detections:
+        """The detections of several candidate sets (same images, original pixels): soft-NMS over all of
+        them when there is more than one."""
+        if len(sets) == 1:
+            return sets[0]
+        return soft_nms(*concatenate(sets), **self.merge_config)
 
     # --- shared ----------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> list[Outputs]:
@@ -218,16 +243,14 @@ class KeypointDetector(pl.LightningModule):
         of the mirror) are merged with soft-NMS.
         """
         sets = [detections for scale in self.tta.scales for detections in self._detect_at_scale(batch, scale)]
-        boxes, scores, labels = (torch.cat(parts, dim=1) for parts in zip(*sets))
-        if len(sets) > 1:
-            boxes, scores, labels = soft_nms(boxes, scores, labels, **self.merge_config)
-        return self._per_image_results(batch, boxes, scores, labels)
+        return self._per_image_results(batch, *self.merge(sets))
 
     def _detect_at_scale(self, batch: dict[str, Tensor], scale: float) -> list[Detections]:
-        """Detections (original pixels) of the batch's images resized by ``scale``, with flip if configured."""
-        images, factors = resize_images(batch["image"], scale, self.size_divisor)
+        """Candidates (original pixels) of the batch's images resized by ``scale``, with flip if configured."""
+        # Padded to a multiple of the stride too, so that the output map mirrors exactly onto the input.
+        images, factors = resize_images(batch["image"], scale, math.lcm(self.size_divisor, self.stride))
         if not self.tta.flip:
-            sets = [self.decode(self(images)[-1])]
+            sets = [self.candidates(self(images)[-1])]
         else:
             outputs = self(torch.cat([images, images.flip(-1)]))[-1]
             halves = [{name: value.chunk(2)[half] for name, value in outputs.items()} for half in (0, 1)]
@@ -409,14 +432,24 @@ class CornerNet(KeypointDetector):
         return {"loss": loss, "heatmap": heatmap, "pull": pull, "push": push, "offset": offset}
 
     def decode_flipped(self, outputs: Outputs, mirrored: Outputs) -> list[Detections]:
-        """As the official code: both decoded, the mirror's boxes mirrored back (merged by :meth:`detect`)."""
-        boxes, scores, labels = self.decode(mirrored)
-        return [self.decode(outputs), (mirror_boxes(boxes, outputs["tl_heatmap"].shape[-1]), scores, labels)]
+        """As the official code: the pairs of both, the mirror's mirrored back, then one soft-NMS (:meth:`merge`)."""
+        boxes, scores, labels = self.candidates(mirrored)
+        return [self.candidates(outputs), (mirror_boxes(boxes, outputs["tl_heatmap"].shape[-1]), scores, labels)]
 
     @property
     def merge_config(self) -> dict[str, Any]:
         config = self.decode_config
         return {"sigma": config["soft_nms_sigma"], "method": config["soft_nms_method"], "max_dets": config["max_dets"]}
+
+    def candidates(self, outputs: Outputs) -> Detections:
+        """The best ``num_dets`` corner pairs, before soft-NMS: every test-time augmentation's pairs are
+        suppressed together, once, as in the official multi-scale / flip test."""
+        names = ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding", "tl_offset", "br_offset")
+        config = {key: self.decode_config[key] for key in ("k", "ae_threshold", "num_dets")}
+        return cornernet_pairs(*(outputs[name] for name in names), **config)
+
+    def merge(self, sets: Sequence[Detections]) -> Detections:
+        return soft_nms(*concatenate(sets), **self.merge_config)
 
     def decode(self, outputs: Outputs) -> Detections:
         return cornernet_decode(
