@@ -28,10 +28,12 @@ def test_crop_border_is_the_largest_halving_that_leaves_room() -> None:
         assert crop_border(128, size) == expected
 
 
-def test_crop_scale_and_centre_follow_the_papers() -> None:
-    crop = RandomScaleCrop(64, border=128)
+@pytest.mark.parametrize("crop_side, reference", [("long_side", 300), ("input_size", 64)])
+def test_crop_scale_and_centre_follow_the_papers(crop_side: str, reference: int) -> None:
+    # CenterNet: side = scale x the image's long side; CornerNet: side = scale x the input size
+    crop = RandomScaleCrop(64, border=128, crop_side=crop_side)
     crop.set_random_seed(0)
-    allowed = {round(64 / (scale * 300), 9) for scale in PAPER_SCALES}
+    allowed = {round(64 / (scale * reference), 9) for scale in PAPER_SCALES}
     seen_scales, centres = set(), []
     for _ in range(300):
         params = crop.get_params_dependent_on_data({"shape": (200, 300, 3)}, {})
@@ -45,6 +47,11 @@ def test_crop_scale_and_centre_follow_the_papers() -> None:
     assert centres[:, 0].min() >= x_border - 1e-6 and centres[:, 0].max() < 300 - x_border
     assert centres[:, 1].min() >= y_border - 1e-6 and centres[:, 1].max() < 200 - y_border
     assert seen_scales == allowed
+
+
+def test_unknown_crop_side_is_refused() -> None:
+    with pytest.raises(ValueError, match="crop_side"):
+        RandomScaleCrop(64, crop_side="short_side")
 
 
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)

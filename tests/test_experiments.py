@@ -65,9 +65,11 @@ def test_experiment_holds_the_paper_recipe(name: str, compose_as_user: Callable[
         assert cfg.trainer.max_epochs == paper["epochs"] and cfg.model.scheduler_interval == "epoch"
     if name.startswith("centernet"):  # the official radius at 0.7; CornerNet's release: corrected at 0.3
         assert (cfg.model.targets.radius_variant, cfg.model.targets.min_overlap) == ("centernet", 0.7)
+        assert cfg.data.augment.crop_side == "long_side"
     else:
         assert (cfg.model.targets.radius_variant, cfg.model.targets.min_overlap) == ("corrected", 0.3)
         assert cfg.model.pool_channels == 128 and cfg.data.input_size == 511
+        assert cfg.data.augment.crop_side == "input_size"  # random_crop: 511 x scale
 
 
 def tiny_files(root: Path) -> list[str]:

@@ -31,6 +31,8 @@ IMAGENET_EIGENVECTORS = (
     (-0.58752847, -0.69563484, 0.41340352),
 )
 PAPER_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+# what the crop's scale multiplies: the image's long side (CenterNet) or the input size (CornerNet)
+CROP_SIDES = ("long_side", "input_size")
 
 
 def _normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -51,9 +53,12 @@ def crop_border(border: int, size: int) -> int:
 
 
 class RandomScaleCrop(A.DualTransform):
-    """The papers' random crop: a square of side ``scale * long side`` (``scale`` drawn from ``scales``)
+    """The papers' random crop: a square of side ``scale * reference`` (``scale`` drawn from ``scales``)
     centred at a random point at least :func:`crop_border` ``(border, size)`` away from each border,
     warped to ``size x size`` in one affine warp; what falls outside the image is ``fill``.
+
+    ``crop_side="long_side"`` (official CenterNet) scales the image's long side; ``"input_size"`` (official
+    CornerNet ``random_crop``) scales ``size``, so objects keep their pixel size at scale 1.
 
     Boxes follow the same map; the ``BboxParams`` of the pipeline clip them and drop degenerate ones.
     """
@@ -64,14 +69,19 @@ class RandomScaleCrop(A.DualTransform):
         scales: Sequence[float] = PAPER_SCALES,
         border: int = 128,
         fill: Sequence[float] = (0.0, 0.0, 0.0),
+        crop_side: str = "long_side",
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
+        if crop_side not in CROP_SIDES:
+            raise ValueError(f"crop_side must be one of {CROP_SIDES}, got {crop_side!r}")
         self.size, self.scales, self.border, self.fill = size, tuple(scales), border, tuple(fill)
+        self.crop_side = crop_side
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
-        side = max(height, width) * self.py_random.choice(self.scales)
+        reference = max(height, width) if self.crop_side == "long_side" else self.size
+        side = reference * self.py_random.choice(self.scales)
         x_border, y_border = crop_border(self.border, width), crop_border(self.border, height)
         centre_x = self.py_random.randrange(x_border, width - x_border)
         centre_y = self.py_random.randrange(y_border, height - y_border)
@@ -104,7 +114,7 @@ class RandomScaleCrop(A.DualTransform):
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("size", "scales", "border", "fill")
+        return ("size", "scales", "border", "fill", "crop_side")
 
 
 class FixedPCALighting(A.ImageOnlyTransform):
@@ -151,8 +161,9 @@ class TrainTransform:
     with their labels.
 
     Args:
-        scales: crop side as a fraction of the image's long side, drawn uniformly from these.
+        scales: crop side as a fraction of ``crop_side``, drawn uniformly from these.
         border: crop centre margin of :func:`crop_border` (128 in the official code).
+        crop_side: ``"long_side"`` (CenterNet) or ``"input_size"`` (CornerNet), see :class:`RandomScaleCrop`.
         flip: probability of a horizontal flip.
         color_jitter: brightness, contrast and saturation factors drawn from ``[1 - j, 1 + j]``.
         lighting: standard deviation of the PCA lighting coefficients (0 disables it).
@@ -168,10 +179,11 @@ class TrainTransform:
         lighting: float = 0.1,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        crop_side: str = "long_side",
     ) -> None:
         mean_colour = tuple(255 * m for m in mean)
         steps: list[A.BasicTransform] = [
-            RandomScaleCrop(input_size, scales, border, fill=mean_colour),
+            RandomScaleCrop(input_size, scales, border, fill=mean_colour, crop_side=crop_side),
             A.HorizontalFlip(p=flip),
             A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0, p=1.0),
         ]
