@@ -5,8 +5,11 @@ holds their objects and ``JPEGImages/<name>.jpg`` the pixels. VOC boxes are 1-ba
 (``xmin = 1`` is the first pixel, ``xmax`` the last one covered): in COCO's continuous 0-based
 coordinates they become ``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]``.
 
-``difficult`` objects become ``iscrowd=1``: never positives in training and, as in the VOC protocol,
-neither a hit nor a miss in evaluation (COCOeval ignores detections matched to them).
+``difficult`` objects become ``iscrowd=1``: never positives in training and neither a hit nor a miss in
+evaluation, as in the VOC protocol. The match differs slightly: COCOeval's crowd rule ignores a detection
+whose intersection with a difficult box covers half of the detection, and one difficult box can absorb
+several detections, while VOC ignores a detection whose best IoU match is difficult. AP50 is COCO's
+101-point interpolation, not VOC2007's 11-point metric.
 """
 
 from __future__ import annotations
