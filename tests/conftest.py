@@ -41,32 +41,34 @@ def remap_categories(src: Path, dst: Path, new_ids: dict[int, int]) -> Path:
     return dst
 
 
+def compose_config(overrides: list[str], output_dir: Path, log_dir: Path | None = None) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides``, writing under ``output_dir``, set as Hydra's config."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        if log_dir is not None:
+            cfg.paths.log_dir = str(log_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 @pytest.fixture
 def compose_train(tmp_path: Path, tiny_dataset: Path) -> Callable[..., DictConfig]:
     """Compose ``conf/train.yaml`` with CPU / tiny / no-logger overrides plus the given ones."""
 
     def _compose(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(
-                "train",
-                return_hydra_config=True,
-                overrides=[
-                    "trainer=cpu",
-                    "logger=none",
-                    f"data.root={tiny_dataset}",
-                    "data.num_workers=0",
-                    "data.batch_size=4",
-                    "data.val_batch_size=4",
-                    *overrides,
-                ],
-            )
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.paths.log_dir = str(tmp_path / "logs")
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        HydraConfig.instance().set_config(cfg)
-        return cfg
+        defaults = [
+            "trainer=cpu",
+            "logger=none",
+            f"data.root={tiny_dataset}",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "data.val_batch_size=4",
+        ]
+        return compose_config([*defaults, *overrides], tmp_path / "run", tmp_path / "logs")
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from keypointdet.training import build
 
@@ -24,21 +23,11 @@ TINY = {
 def compose_tiny(dataset: Path, output_dir: Path, model: str, *overrides: str) -> DictConfig:
     """``conf/train.yaml`` for ``model`` (a :data:`TINY` key) on the tiny dataset: CPU, 64 px, no logger."""
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            return_hydra_config=True,
-            overrides=[
-                *TINY[model], "trainer=cpu", "logger=none", f"data.root={dataset}", "data.num_workers=0",
-                "data.batch_size=4", "data.val_batch_size=4", "data.input_size=64", "trainer.precision=32",
-                *overrides,
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
+    tiny = [
+        "trainer=cpu", "logger=none", f"data.root={dataset}", "data.num_workers=0", "data.batch_size=4",
+        "data.val_batch_size=4", "data.input_size=64", "trainer.precision=32",
+    ]  # fmt: skip
+    cfg = compose_config([*TINY[model], *tiny, *overrides], output_dir)
     GlobalHydra.instance().clear()
     return cfg
 
