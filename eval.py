@@ -11,7 +11,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    from keypointdet.evaluate import evaluate
+    from keypointdet.runs.evaluate import evaluate
 
     return evaluate(cfg).get("val/mAP")
 

@@ -11,7 +11,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from keypointdet.inference import predict_files
+    from keypointdet.runs.predict import predict_files
 
     predict_files(cfg)
 

@@ -11,7 +11,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from keypointdet.training import train
+    from keypointdet.runs.train import train
 
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric"))

@@ -22,7 +22,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from keypointdet.evaluation import evaluate_detections
+from keypointdet.metrics import evaluate_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from conftest import compose_config
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from keypointdet.training import build
+from keypointdet.runs.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
 

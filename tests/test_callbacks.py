@@ -18,7 +18,8 @@ from pytorch_lightning.loggers import WandbLogger
 
 from keypointdet.callbacks import SweepSummary, WandbValidationImages, overlay
 from keypointdet.data.datamodule import collate
-from keypointdet.training import build
+from keypointdet.inference import detect_batch
+from keypointdet.runs.train import build
 
 TINY = (
     "backbone=hourglass_small_1stack", "backbone.dims=[16,16,24,32]", "backbone.stem_channels=16",
@@ -31,12 +32,11 @@ TINY = (
     [(("model=centernet", "model.k=20"), ["heatmap"]), (("model=cornernet", "model.k=10"), ["br_heatmap", "tl_heatmap"])],
 )
 def test_validation_images_show_ground_truth_predictions_and_every_heatmap(compose_train, model, heatmaps):
-    datamodule, detector, _ = build(compose_train(*model, *TINY))
-    datamodule.configure_targets(detector.encoder, detector.stride, detector.size_divisor)
+    datamodule, module, _ = build(compose_train(*model, *TINY))
     datamodule.setup("validate")
     dataset = datamodule.val_dataset
-    detector.eval()
-    images = WandbValidationImages(num_images=3, min_score=0.0).render(detector, dataset)
+    module.eval()
+    images = WandbValidationImages(num_images=3, min_score=0.0).render(module, dataset)
 
     assert sorted(images) == [f"val/images/{name}" for name in heatmaps]
     batch = dataset[0]
@@ -47,7 +47,7 @@ def test_validation_images_show_ground_truth_predictions_and_every_heatmap(compo
         dx, dy = batch["shift"].tolist()
         expected_gt.append((dataset.coco.cats[ann["category_id"]]["name"], x * sx + dx, y * sy + dy,
                             (x + w) * sx + dx, (y + h) * sy + dy))
-    detections = detector.detect(collate([dataset[index] for index in range(3)]))[0]
+    detections = detect_batch(module.detector, collate([dataset[index] for index in range(3)]))[0]
     for logged in images.values():
         assert len(logged) == 3
         first = logged[0]
@@ -59,7 +59,7 @@ def test_validation_images_show_ground_truth_predictions_and_every_heatmap(compo
         predictions = first._boxes["predictions"]._val
         assert len(predictions) == len(detections)
         for box, detection in zip(predictions, detections):
-            name = detector.class_names[detector.category_ids.index(detection["category_id"])]
+            name = module.detector.class_names[module.detector.category_ids.index(detection["category_id"])]
             assert box["box_caption"] == f"{name} {detection['score']:.2f}"
             assert box["scores"]["score"] == pytest.approx(detection["score"])
 

@@ -13,6 +13,7 @@ import torch
 from conftest import remap_categories
 from oracles import cornernet_oracle
 
+from keypointdet.boxes import BoxMapping
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
 from keypointdet.data.encode import CornerNetEncoder, encode_cornernet, gaussian_radius
@@ -20,11 +21,11 @@ from keypointdet.data.synthetic import generate_dataset
 from keypointdet.data.transforms import Letterbox
 from keypointdet.decode import cornernet_decode, peak_nms, soft_nms, topk_peaks
 from keypointdet.detectors import CornerNet
-from keypointdet.evaluation import evaluate_detections
+from keypointdet.metrics import coco_results, evaluate_detections
 from keypointdet.losses import ae_loss
 from keypointdet.models.backbones.resnet import ResNet
 from keypointdet.models.heads import CornerHead, heatmap_bias
-from keypointdet.training import train
+from keypointdet.runs.train import train
 
 # --------------------------------------------------------------------------- naive helpers
 
@@ -357,6 +358,16 @@ def test_corner_head_outputs_and_init():
 # --------------------------------------------------------------------------- oracle round trip
 
 
+def postprocess(detector, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[list[dict]]:
+    """Raw outputs of a collated evaluation batch -> COCO results per image (decoded, no TTA, original pixels)."""
+    boxes, scores, labels = detector.decode(outputs)
+    boxes = BoxMapping.from_batch(batch).to_original(boxes * detector.stride)
+    return [
+        coco_results(int(image_id), boxes[i], scores[i], labels[i], detector.category_ids)
+        for i, image_id in enumerate(batch["image_id"].reshape(-1).tolist())
+    ]
+
+
 def shared_corner_cells(sample: dict[str, torch.Tensor]) -> int:
     """Objects whose corner shares an output cell with another object's: one embedding cannot serve both."""
     mask = sample["mask"]
@@ -380,7 +391,7 @@ def test_perfect_corner_predictions_give_ap_1(tmp_path: Path, category_ids: dict
     detections = {}
     for sample in samples:  # one image per batch: the letterboxed maps differ in size
         batch = collate([sample])
-        detections[int(sample["image_id"])] = model.postprocess(cornernet_oracle(batch), batch)[0]
+        detections[int(sample["image_id"])] = postprocess(model, cornernet_oracle(batch), batch)[0]
     assert all(det["score"] > 0 for image in detections.values() for det in image)
     metrics = evaluate_detections(dataset.coco, detections)
     assert metrics["mAP"] >= 0.99

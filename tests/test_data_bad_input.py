@@ -4,6 +4,7 @@ annotation id) and its documented outcome; ``strict=True`` raises at the first o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -208,8 +209,8 @@ def test_unreadable_validation_images_are_left_out_of_evaluation(broken: Path) -
     assert sum(int(batch["num_bad_images"].sum()) for batch in batches) == 4
 
 
-def test_a_fit_logs_and_reports_what_was_left_out(compose_train, broken: Path) -> None:
-    from keypointdet.training import build
+def test_a_fit_logs_and_reports_what_was_left_out(compose_train, broken: Path, caplog) -> None:
+    from keypointdet.runs.train import build
 
     data = [
         f"data.{split}_{key}={broken / name}"
@@ -229,8 +230,7 @@ def test_a_fit_logs_and_reports_what_was_left_out(compose_train, broken: Path) -
         "~callbacks",
     )
     datamodule, model, trainer = build(cfg)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="keypointdet"):
         trainer.fit(model, datamodule=datamodule)
     metrics = trainer.callback_metrics
     # the whole dataset once in one batch: every image's problems once, and the 4 replacements of unusable images
@@ -240,6 +240,6 @@ def test_a_fit_logs_and_reports_what_was_left_out(compose_train, broken: Path) -
             # problems of unusable images are not seen: their samples are replaced
             assert int(metrics[f"{prefix}/{kind}"]) == len(ann_ids)
     assert int(metrics["data/num_dropped"]) >= 2
-    reported = " ".join(str(warning.message) for warning in caught)
+    reported = " ".join(record.getMessage() for record in caplog.records)
     assert "data/num_bad_images=4 were left out of training" in reported
     assert "val_data/num_bad_images=4 were left out of evaluation" in reported

@@ -13,7 +13,7 @@ from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import DetectionDataModule
 from keypointdet.data.encode import CenterNetEncoder
 from keypointdet.data.transforms import Letterbox
-from keypointdet.training import train
+from keypointdet.runs.train import train
 
 CATEGORIES = [{"id": 90, "name": "zebra"}, {"id": 3, "name": "car"}, {"id": 17, "name": "cat"}]  # unsorted, sparse
 

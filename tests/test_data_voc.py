@@ -13,8 +13,8 @@ from conftest import write_image
 from keypointdet.data.coco import DataWarning
 from keypointdet.data.transforms import Letterbox
 from keypointdet.data.voc import VOC_CLASSES, VOCDetection, voc_to_coco
-from keypointdet.evaluation import evaluate_detections
-from keypointdet.training import train
+from keypointdet.metrics import evaluate_detections
+from keypointdet.runs.train import train
 
 # (year, name, height, width, objects as (class, difficult, xmin, ymin, xmax, ymax) 1-based inclusive)
 VOC_IMAGES = [
@@ -125,11 +125,12 @@ def test_both_detectors_train_on_voc(compose_train, voc_root: Path, model: str) 
 
 
 def test_eval_rebuilds_the_voc_datamodule_of_a_checkpoint(compose_train, voc_root: Path, tmp_path: Path) -> None:
+    import torch
     from omegaconf import OmegaConf
 
     from keypointdet.data.datamodule import VOCDataModule
-    from keypointdet.evaluate import build_datamodule
-    from keypointdet.training import build
+    from keypointdet.runs.evaluate import build_datamodule
+    from keypointdet.runs.train import build
 
     cfg = compose_train(
         "data=voc", f"data.root={voc_root}", "data.input_size=64", "trainer.max_steps=1",
@@ -140,6 +141,11 @@ def test_eval_rebuilds_the_voc_datamodule_of_a_checkpoint(compose_train, voc_roo
         warnings.simplefilter("ignore", DataWarning)
         trainer.fit(detector, datamodule=datamodule)
     trainer.save_checkpoint(tmp_path / "voc.ckpt")
-    rebuilt = build_datamodule(OmegaConf.create({"data": None}), str(tmp_path / "voc.ckpt"))
+    checkpoint = torch.load(tmp_path / "voc.ckpt", weights_only=True)
+    rebuilt = build_datamodule(OmegaConf.create({"data": None}), checkpoint, str(tmp_path / "voc.ckpt"))
     assert isinstance(rebuilt, VOCDataModule)
-    assert dict(rebuilt.hparams) == dict(datamodule.hparams)
+    # the normalisation comes from the checkpoint's input record (lists; the DataModule's defaults are tuples)
+    def plain(hparams):
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in hparams.items()}
+
+    assert plain(rebuilt.hparams) == plain(datamodule.hparams)

@@ -141,7 +141,6 @@ class BatchRecorder(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(()))
-        self.encoder, self.stride, self.size_divisor = CenterNetEncoder(num_classes=6, max_objects=32), 4, 32
         self.seen: list[tuple[int, list[int], float]] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -158,6 +157,7 @@ def fit_recording(tiny_dataset, tmp_path, max_epochs: int, ckpt_path=None) -> li
         val_ann=str(tiny_dataset / "val.json"), val_img_dir=str(tiny_dataset / "val"),
         input_size=64, batch_size=4, num_workers=2, seed=5,
     )  # fmt: skip
+    datamodule.configure_targets(CenterNetEncoder(num_classes=6, max_objects=32), 4, 32)
     model = BatchRecorder()
     trainer = pl.Trainer(
         max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=0, logger=False, enable_progress_bar=False,

@@ -13,11 +13,10 @@ import torch
 from detector_checkpoint import tiny_checkpoint
 from omegaconf import OmegaConf
 
-from keypointdet import evaluation
 from keypointdet.data.coco import load_coco
 from keypointdet.data.synthetic import generate_dataset
-from keypointdet.evaluate import evaluate
-from keypointdet.evaluation import CocoEvaluator, evaluate_detections
+from keypointdet.metrics import CocoMeanAveragePrecision, evaluate_detections
+from keypointdet.runs.evaluate import evaluate
 
 # Run by each DDP rank: Lightning's ddp strategy starts rank 1 by re-running this command.
 RANK_SCRIPT = textwrap.dedent(
@@ -25,7 +24,7 @@ RANK_SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch.distributed as dist
     from omegaconf import OmegaConf
-    from keypointdet.evaluate import evaluate
+    from keypointdet.runs.evaluate import evaluate
 
     cfg = OmegaConf.load(sys.argv[1])
     metrics = evaluate(cfg)
@@ -60,9 +59,12 @@ def as_tuple(detection: dict) -> tuple:
 def with_constant_sizes(ckpt_path):
     """The checkpoint with its size branch predicting 3 x 3 cells everywhere: untrained sizes are tiny or
     negative, and :func:`partly_matched_ground_truth` needs real boxes."""
-    checkpoint = torch.load(ckpt_path, weights_only=False)
+    checkpoint = torch.load(ckpt_path, weights_only=True)
     state = checkpoint["state_dict"]
-    last = max((key for key in state if key.startswith("heads.0.size.")), key=lambda key: int(key.split(".")[3]))
+    prefix = "detector.heads.0.size."
+    last = max(
+        (key for key in state if key.startswith(prefix)), key=lambda key: int(key.removeprefix(prefix).split(".")[0])
+    )
     layer = last.rsplit(".", 1)[0]
     state[f"{layer}.weight"].zero_()
     state[f"{layer}.bias"].fill_(3.0)
@@ -101,7 +103,7 @@ def test_two_process_ddp_evaluation_equals_one_process(tmp_path, one_thread):
     dataset = tmp_path / "data"
     generate_dataset(dataset, num_train=4, num_val=7, seed=3)  # 7: the distributed sampler pads a duplicate
     ckpt_path = with_constant_sizes(tiny_checkpoint(dataset, tmp_path, "centernet"))
-    data = dict(torch.load(ckpt_path, weights_only=False)["datamodule_hyper_parameters"])
+    data = dict(torch.load(ckpt_path, weights_only=True)["datamodule_hyper_parameters"])
     data = {"_target_": "keypointdet.data.datamodule.DetectionDataModule", **data, "val_batch_size": 1}
     evaluate(eval_config(ckpt_path, data, tmp_path / "first", devices=1))
     first = json.loads((tmp_path / "first" / "results.json").read_text())
@@ -128,7 +130,24 @@ def test_two_process_ddp_evaluation_equals_one_process(tmp_path, one_thread):
     assert len({det["image_id"] for det in ddp_results}) == 7
 
 
-def test_fake_two_rank_gather_keeps_each_image_once(tmp_path, monkeypatch):
+def record(metric, image_id, detections):
+    """One image's COCO results entries (category 1 only) as a row of the metric's inputs."""
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (det["bbox"] for det in detections)]).reshape(1, -1, 4)
+    scores = torch.tensor([[det["score"] for det in detections]]).reshape(1, -1)
+    labels = torch.tensor([[det["category_id"] - 1 for det in detections]]).reshape(1, -1)
+    metric.update(torch.tensor([image_id]), boxes, scores, labels)
+
+
+def fake_gather(coco, *ranks: CocoMeanAveragePrecision) -> CocoMeanAveragePrecision:
+    """What every rank holds after torchmetrics' cat-gather: the ranks' rows concatenated in rank order."""
+    gathered = CocoMeanAveragePrecision(coco, [1])
+    for rank in ranks:
+        for row in zip(rank.image_ids, rank.boxes, rank.scores, rank.labels):
+            gathered.update(*row)
+    return gathered
+
+
+def test_fake_two_rank_gather_keeps_each_image_once(tmp_path):
     images = [{"id": i, "file_name": f"{i}.png", "width": 50, "height": 50} for i in range(1, 6)]
     annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0}
                    for i in range(1, 6)]
@@ -144,16 +163,16 @@ def test_fake_two_rank_gather_keeps_each_image_once(tmp_path, monkeypatch):
 
     # 5 images over 2 ranks: the sampler gives rank 1 image 1 again as padding (here with other detections,
     # which must not count twice nor replace the first record).
-    rank0, rank1 = CocoEvaluator(coco), CocoEvaluator(coco)
+    rank0, rank1 = CocoMeanAveragePrecision(coco, [1]), CocoMeanAveragePrecision(coco, [1])
     for image_id in (1, 3, 5):
-        rank0.add(image_id, hit(image_id, 0.9) if image_id != 5 else miss(image_id, 0.95))
+        record(rank0, image_id, hit(image_id, 0.9) if image_id != 5 else miss(image_id, 0.95))
     for image_id in (2, 4):
-        rank1.add(image_id, hit(image_id, 0.8))
-    rank1.add(1, miss(1, 0.99))
-    monkeypatch.setattr(evaluation, "_gather", lambda local: [rank0.detections, rank1.detections])
+        record(rank1, image_id, hit(image_id, 0.8))
+    record(rank1, 1, miss(1, 0.99))
     expected = evaluate_detections(coco, {1: hit(1, 0.9), 2: hit(2, 0.8), 3: hit(3, 0.9), 4: hit(4, 0.8),
                                           5: miss(5, 0.95)})
-    for evaluator in (rank0, rank1):
+    # after the gather, rank 0 and rank 1 both hold rank 0's rows followed by rank 1's
+    for evaluator in (fake_gather(coco, rank0, rank1), fake_gather(coco, rank0, rank1)):
         assert evaluator.compute() == expected
         assert sorted(det["image_id"] for det in evaluator.results) == [1, 2, 3, 4, 5]
     assert expected["mAR100"] == pytest.approx(0.8)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from keypointdet.data.datamodule import collate
-from keypointdet.training import build
+from keypointdet.runs.train import build
 
 TINY_HOURGLASS = (
     "backbone.dims=[16,16,24,32]", "backbone.modules=[1,1,1,1]", "backbone.stem_channels=16",
@@ -58,7 +58,8 @@ def one_step_gradients(compose_train, overrides: tuple[str, ...], model, samples
 def test_two_processes_with_half_batches_give_the_gradient_of_one_process(compose_train, tmp_path, detector):
     overrides = (*DETECTORS[detector], "data.input_size=64")
     datamodule, model, _ = build(compose_train(*overrides))
-    datamodule.configure_targets(model.encoder, model.stride, model.size_divisor)
+    detector = model.detector
+    datamodule.configure_targets(detector.encoder, detector.stride, detector.size_divisor)
     datamodule.setup("fit")
     dataset = datamodule.train_dataset
     # (index, augmentation seed): the same samples whatever the global random state

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from keypointdet.runs.train import build_detector
 from keypointdet.models.backbones.dla import DLA, DLAUp, IDAUp, bilinear_upsampling
 from keypointdet.models.necks import ModulatedDeformConv
 
@@ -106,7 +107,7 @@ def test_dla_up_pyramid_levels_see_every_deeper_level() -> None:
 def test_config_builds_centernet_on_dla34(compose_train: Callable[..., DictConfig]) -> None:
     cfg = compose_train("backbone=dla34", "backbone.deformable=false", "model.head_channels=32")
     assert cfg.backbone.pretrained is False and cfg.backbone.variant == "dla34"
-    model = instantiate(cfg.model, _convert_="object", num_classes=3)
+    model = build_detector(cfg.model, cfg.backbone, [{"id": i, "name": str(i)} for i in range(3)])
     assert isinstance(model.backbone, DLA) and not any(isinstance(m, ModulatedDeformConv) for m in model.modules())
     outputs = model(torch.randn(1, 3, 64, 64))[-1]
     assert outputs["heatmap"].shape == (1, 3, 16, 16) and outputs["size"].shape == (1, 2, 16, 16)

@@ -11,7 +11,7 @@ import pytest
 from detector_checkpoint import ROOT, tiny_checkpoint
 
 from keypointdet.data.coco import load_coco
-from keypointdet.evaluation import STAT_NAMES, evaluate_detections
+from keypointdet.metrics import STAT_NAMES, evaluate_detections
 
 
 def run_script(script: str, *arguments: str) -> str:

@@ -6,9 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from keypointdet.data.coco import load_coco
-from keypointdet.evaluation import CocoEvaluator, evaluate_detections
+from keypointdet.metrics import CocoMeanAveragePrecision, evaluate_detections
+
+CATEGORY_IDS = [4, 9]
 
 
 def ground_truth(tmp_path, boxes_per_image):
@@ -29,12 +32,21 @@ def perfect(coco, image_id, score=0.9):
             for a in coco.imgToAnns[image_id]]
 
 
+def record(metric, image_id, detections):
+    """One image's COCO results entries as a row of the metric's inputs (xyxy boxes, scores, labels)."""
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (det["bbox"] for det in detections)],
+                         dtype=torch.float64).reshape(1, -1, 4)
+    scores = torch.tensor([[det["score"] for det in detections]], dtype=torch.float64).reshape(1, -1)
+    labels = torch.tensor([[CATEGORY_IDS.index(det["category_id"]) for det in detections]]).reshape(1, -1)
+    metric.update(torch.tensor([image_id]), boxes, scores, labels)
+
+
 def test_perfect_detections_score_one_and_duplicates_are_ignored(tmp_path):
     coco = ground_truth(tmp_path, [[(4, (10, 10, 30, 30)), (9, (50, 50, 40, 20))], [(9, (0, 0, 60, 60))]])
-    evaluator = CocoEvaluator(coco)
+    evaluator = CocoMeanAveragePrecision(coco, CATEGORY_IDS)
     for image_id in (1, 2):
-        evaluator.add(image_id, perfect(coco, image_id))
-    evaluator.add(1, [])  # a distributed sampler's padded duplicate: the first record of an image wins
+        record(evaluator, image_id, perfect(coco, image_id))
+    record(evaluator, 1, [])  # a distributed sampler's padded duplicate: the first record of an image wins
     metrics = evaluator.compute()
     assert metrics["mAP"] == pytest.approx(1.0)
     assert metrics["AP/a"] == pytest.approx(1.0) and metrics["AP/b"] == pytest.approx(1.0)

@@ -12,7 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from keypointdet.training import train
+from keypointdet.module import DetectionModule
+from keypointdet.runs.train import build_detector, train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("[!_]*.yaml"))
@@ -86,13 +87,18 @@ def test_experiment_builds_datamodule_model_and_schedule(
     cfg = compose_train(f"experiment={name}", "backbone.pretrained=false", *tiny_files(tiny_dataset))
     datamodule = instantiate(cfg.data)
     categories = datamodule.categories()
-    model = instantiate(cfg.model, _convert_="object", num_classes=len(categories))
-    assert model.num_classes == len(categories) == 6
-    optimizer = model.hparams.optimizer(params=model.parameters())
-    scheduler = model.hparams.scheduler(optimizer=optimizer)  # fails if the default scheduler's keys leaked in
+    detector = build_detector(cfg.model, cfg.backbone, categories)
+    model = DetectionModule(
+        detector, datamodule.ground_truth, datamodule.input_record(), optimizer=cfg.model.optimizer,
+        scheduler=cfg.model.scheduler, scheduler_interval=cfg.model.scheduler_interval,
+    )  # fmt: skip
+    assert model.detector.num_classes == len(categories) == 6
+    optimizer = instantiate(model.optimizer_config)(params=model.parameters())
+    # fails if the default scheduler's keys leaked in
+    scheduler = instantiate(model.scheduler_config)(optimizer=optimizer)
     assert isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.model.optimizer.lr)
-    assert model.backbone.num_stacks == (1 if name.endswith(("resnet18_coco", "dla34_coco")) else 2)
+    assert model.detector.backbone.num_stacks == (1 if name.endswith(("resnet18_coco", "dla34_coco")) else 2)
 
 
 def test_resnet18_experiment_trains_one_batch_on_cpu(

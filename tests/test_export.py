@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 import torch
-from detector_checkpoint import tiny_checkpoint
+from detector_checkpoint import ROOT, tiny_checkpoint
+from omegaconf import OmegaConf
 
-from keypointdet.export import RawOutputs, main
+from keypointdet.export import RawOutputs, export_checkpoint
 from keypointdet.inference import load_detector
 
 OUTPUT_NAMES = {
@@ -21,6 +25,11 @@ OUTPUT_NAMES = {
 @pytest.fixture(scope="module", params=["centernet", "cornernet"])
 def checkpoint(request, tiny_dataset, tmp_path_factory):
     return request.param, tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("export"), request.param)
+
+
+def main(arguments: list[str]):
+    """``python -m keypointdet.export`` with ``arguments``, in-process: ``conf/export.yaml`` with them merged."""
+    return export_checkpoint(OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "export.yaml"), OmegaConf.from_dotlist(arguments)))
 
 
 def pytorch_outputs(ckpt_path, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -64,5 +73,15 @@ def test_export_rejects_unknown_format_and_missing_arguments(checkpoint, tmp_pat
     _, ckpt_path = checkpoint
     with pytest.raises(ValueError, match="format must be one of"):
         main([f"ckpt_path={ckpt_path}", "format=tflite", f"output={tmp_path / 'model'}"])
-    with pytest.raises(SystemExit, match="missing format, output"):
+    with pytest.raises(ValueError, match="missing format, output"):
         main([f"ckpt_path={ckpt_path}"])
+
+
+def test_export_command_line_as_documented(checkpoint, tmp_path):
+    _, ckpt_path = checkpoint
+    output = tmp_path / "model.onnx"
+    command = [sys.executable, "-m", "keypointdet.export", f"ckpt_path={ckpt_path}", "format=onnx", f"output={output}",
+               f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert output.is_file() and f"written to {output}" in result.stdout

@@ -13,8 +13,10 @@ from PIL import Image
 
 from keypointdet.data.coco import read_image
 from keypointdet.data.datamodule import DetectionDataModule, collate
+from keypointdet.checkpoints import CheckpointError
 from keypointdet.detectors import CenterNet, CornerNet
-from keypointdet.inference import draw_detections, load_detector, predict, predict_files
+from keypointdet.inference import detect_batch, draw_detections, load_detector, predict
+from keypointdet.runs.predict import predict_files
 
 
 @pytest.fixture(scope="module", params=["centernet", "cornernet"])
@@ -41,23 +43,23 @@ def test_load_detector_rebuilds_class_weights_and_letterbox_from_the_checkpoint_
     model = load_detector(ckpt_path)
     assert type(model) is {"centernet": CenterNet, "cornernet": CornerNet}[name]
     assert not model.training
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     for key, value in state["state_dict"].items():
-        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(model.state_dict()[key.removeprefix("detector.")], value, rtol=0, atol=0)
     assert model.letterbox.input_size == state["datamodule_hyper_parameters"]["input_size"] == 64
-    assert model.class_names == state["hyper_parameters"]["class_names"]
+    assert model.class_names == state["keypointdet"]["detector"]["class_names"]
     assert load_detector(ckpt_path, tta={"flip": True, "scales": [1.0, 0.5]}).tta.scales == (1.0, 0.5)
 
 
 def test_predict_matches_the_validation_pipeline_for_arrays_pil_images_and_paths(checkpoint, tiny_dataset):
     _, ckpt_path = checkpoint
     model = load_detector(ckpt_path)
-    datamodule = DetectionDataModule(**torch.load(ckpt_path, weights_only=False)["datamodule_hyper_parameters"])
+    datamodule = DetectionDataModule(**torch.load(ckpt_path, weights_only=True)["datamodule_hyper_parameters"])
     datamodule.configure_targets(model.encoder, model.stride, model.size_divisor)  # what training attaches
     datamodule.setup("validate")
     dataset = datamodule.val_dataset
     # one image per batch: in a batch, collate pads images to the largest, which changes the border outputs
-    expected = [model.detect(collate([dataset[index]]))[0] for index in (0, 1)]
+    expected = [detect_batch(model, collate([dataset[index]]))[0] for index in (0, 1)]
     paths = [dataset.img_dir / dataset.coco.imgs[image_id]["file_name"] for image_id in dataset.image_ids[:2]]
     array = read_image(paths[0])
     names = dict(zip(model.category_ids, model.class_names))
@@ -111,31 +113,65 @@ def test_predict_files_writes_drawn_images_and_one_json(checkpoint, tiny_dataset
     model = load_detector(ckpt_path)
     for image in images:
         assert written[image.name] == predict(model, image)
-        drawn = np.asarray(Image.open(tmp_path / "out" / f"{image.stem}.png"))
+        drawn = np.asarray(Image.open(tmp_path / "out" / image.name))
         assert drawn.shape == read_image(image).shape
         assert np.array_equal(drawn, draw_detections(image, written[image.name], 0.0))
 
 
+def test_predict_files_keeps_each_file_name_and_refuses_to_draw_over_its_inputs(checkpoint, tiny_dataset, tmp_path):
+    _, ckpt_path = checkpoint
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = read_image(sorted((tiny_dataset / "val").iterdir())[0])
+    Image.fromarray(image).save(folder / "a.png")
+    Image.fromarray(image[::-1].copy()).save(folder / "a.jpg")
+    cfg = {"ckpt_path": str(ckpt_path), "input": str(folder), "score_threshold": 0.0}
+    predict_files(OmegaConf.create({**cfg, "output": str(tmp_path / "out")}))
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.jpg", "a.png", "detections.json"]
+    with pytest.raises(ValueError, match="would overwrite them"):
+        predict_files(OmegaConf.create({**cfg, "output": str(folder)}))
+
+
 def test_load_detector_names_a_missing_or_foreign_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(CheckpointError, match="nope.ckpt"):
         load_detector(tmp_path / "nope.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    with pytest.raises(ValueError, match="foreign.ckpt has no 'detector_class' and no run config"):
+    with pytest.raises(CheckpointError, match="foreign.ckpt was not written by this version of keypointdet"):
         load_detector(tmp_path / "foreign.ckpt")
+    (tmp_path / "truncated.ckpt").write_bytes((tmp_path / "foreign.ckpt").read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated.ckpt is not a readable checkpoint"):
+        load_detector(tmp_path / "truncated.ckpt")
 
 
-def test_checkpoints_without_class_and_backbone_are_rebuilt_from_their_run_config(checkpoint, tmp_path):
+class CreatesAFile:
+    """Unpickling this object would create ``path``: what a malicious checkpoint could do."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_executed(checkpoint, tmp_path):
     _, ckpt_path = checkpoint
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    class_path, backbone = state.pop("detector_class"), state["hyper_parameters"].pop("backbone")
-    old = tmp_path / "run" / "checkpoints" / "old.ckpt"  # the layout train.py writes
-    old.parent.mkdir(parents=True)
-    torch.save(state, old)
-    with pytest.raises(ValueError, match="no run config"):
-        load_detector(old)
-    (tmp_path / "run" / ".hydra").mkdir()
-    OmegaConf.save({"model": {"_target_": class_path}, "backbone": backbone}, tmp_path / "run" / ".hydra" / "config.yaml")
-    model = load_detector(old)
-    assert f"{type(model).__module__}.{type(model).__qualname__}" == class_path
-    for key, value in state["state_dict"].items():
-        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    marker = tmp_path / "pwned"
+    state["keypointdet"]["payload"] = CreatesAFile(marker)
+    torch.save(state, tmp_path / "crafted.ckpt")
+    with pytest.raises(CheckpointError, match="crafted.ckpt holds objects other than tensors"):
+        load_detector(tmp_path / "crafted.ckpt")
+    assert not marker.exists()
+
+
+def test_checkpoints_name_only_detectors_and_backbones_of_this_package(checkpoint, tmp_path):
+    _, ckpt_path = checkpoint
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state["keypointdet"]["detector"]["backbone"]["_target_"] = "os.system"
+    torch.save(state, tmp_path / "other_backbone.ckpt")
+    with pytest.raises(ValueError, match="inside keypointdet.models"):
+        load_detector(tmp_path / "other_backbone.ckpt")
+    state["keypointdet"]["detector"]["name"] = "os.system"
+    torch.save(state, tmp_path / "other_detector.ckpt")
+    with pytest.raises(ValueError, match="unknown detector 'os.system'"):
+        load_detector(tmp_path / "other_detector.ckpt")

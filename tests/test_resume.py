@@ -6,7 +6,7 @@ import pytest
 import torch
 from detector_checkpoint import compose_tiny
 
-from keypointdet.training import train
+from keypointdet.runs.train import train
 
 N, M = 1, 1
 
@@ -25,7 +25,7 @@ def run(dataset, output_dir, model: str, max_epochs: int, *overrides: str) -> di
         *overrides,
     )
     train(cfg)
-    return torch.load(output_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(output_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize("model", ["centernet", "cornernet"])

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import read_write
 from test_wandb import offline_runs
 
-from keypointdet.training import build, configure_sweep_wandb
+from keypointdet.runs.train import build, configure_sweep_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
 

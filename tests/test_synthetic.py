@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from keypointdet.data import synthetic
+from keypointdet.data import shapes, synthetic
 from keypointdet.data.synthetic import CLASSES, generate_dataset
 
 SIZE = {"num_train": 12, "num_val": 6, "image_size": (96, 128), "max_objects": 10}
@@ -101,7 +103,7 @@ def test_interrupted_run_leaves_no_index(tmp_path: Path, monkeypatch: pytest.Mon
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "_render", interrupted)
+    monkeypatch.setattr(synthetic, "render_scene", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path, seed=1, num_train=1, num_val=1)
     assert not (tmp_path / "train.json").exists() and not (tmp_path / "val.json").exists()
@@ -111,12 +113,12 @@ def test_boxes_are_tight(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a flat, noiseless background an isolated object's coverage is measurable: its box must
     contain every pixel covered at least 3/4 and lie within the pixels covered at least 1/4."""
     grey = 128.0
-    monkeypatch.setattr(synthetic, "_background", lambda rng, h, w: np.full((h, w, 3), grey, np.float32))
-    monkeypatch.setattr(synthetic, "_NOISE_SIGMA", (0.0, 0.0))
-    config = synthetic._Config((96, 128), 6, 0.5, 6, 0.35)
+    monkeypatch.setattr(shapes, "background", lambda rng, h, w: np.full((h, w, 3), grey, np.float32))
+    monkeypatch.setattr(shapes, "_NOISE_SIGMA", (0.0, 0.0))
+    config = shapes.SceneConfig((96, 128), 6, 0.5, 6, 0.35)
     checked = 0
     for seed in range(40):
-        image, objects = synthetic._render(np.random.default_rng(seed), config)
+        image, objects = shapes.render_scene(np.random.default_rng(seed), config)
         offset = image.astype(np.float64) - grey
         corners = np.array([o.bbox for o in objects]).reshape(-1, 4)
         corners[:, 2:] += corners[:, :2]  # x0, y0, x1, y1
@@ -134,9 +136,12 @@ def test_boxes_are_tight(monkeypatch: pytest.MonkeyPatch) -> None:
     assert checked >= 30
 
 
-def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    synthetic.main(["--out", str(tmp_path), "--num-train", "2", "--num-val", "1", "--max-objects", "3"])
-    printed = capsys.readouterr().out
+def test_cli(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "keypointdet.data.synthetic", f"out={tmp_path}", "num_train=2", "num_val=1",
+               "max_objects=3", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
     assert "train.json: 2 images" in printed and "val.json: 1 images" in printed
     assert json.loads((tmp_path / "val.json").read_text())["categories"][0]["name"] == CLASSES[0]
 

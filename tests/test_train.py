@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from conftest import remap_categories
 
-from keypointdet.training import build, train
+from keypointdet.runs.train import build, train
 
 
 def test_fast_dev_run_writes_metrics_and_prints_summary(compose_train, tmp_path, capsys):
@@ -76,7 +76,7 @@ class LossRecorder(pl.Callback):
         def record(module, inputs, outputs):
             self.head_dtypes |= {value.dtype for name, value in outputs.items() if name.endswith("heatmap")}
 
-        pl_module.heads[-1].register_forward_hook(record)
+        pl_module.detector.heads[-1].register_forward_hook(record)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(outputs["loss"].detach())

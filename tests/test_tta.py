@@ -7,7 +7,9 @@ import torch
 from test_decode_maths import distinct_map, naive_peak_nms, naive_topk
 
 from keypointdet.decode import cornernet_pairs, soft_nms
-from keypointdet.detectors import CenterNet, CornerNet, TestTimeAugmentation, resize_images
+from keypointdet.detectors import CenterNet, CornerNet
+from keypointdet.inference import detect_batch
+from keypointdet.tta import TestTimeAugmentation, resize_images
 
 RESNET = {"_target_": "keypointdet.models.backbones.resnet.ResNet", "depth": 18, "neck_channels": [32, 32, 32]}
 HOURGLASS = {
@@ -24,6 +26,10 @@ def centernet(**kwargs) -> CenterNet:
 def cornernet(**kwargs) -> CornerNet:
     torch.manual_seed(0)
     return CornerNet(HOURGLASS, num_classes=3, pool_channels=8, **kwargs).eval()
+
+
+def detect(model, batch, **tta):
+    return detect_batch(model, batch, TestTimeAugmentation(**tta))
 
 
 def batch_of(images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -51,7 +57,7 @@ def test_centernet_flip_averages_probabilities_and_sizes_and_keeps_the_image_off
         "size": torch.rand(1, 2, height, width, generator=g) * 6,
         "offset": torch.rand(1, 2, height, width, generator=g),
     }
-    boxes, scores, labels = centernet(k=k).decode_flipped(maps, mirrored)[0]
+    boxes, scores, labels = centernet(k=k).flip_candidates(maps, mirrored)[0]
 
     def averaged(name: str, y: int, x: int, c: int | None = None) -> float:
         """Mean of the image's value at (y, x) and the mirror's at (y, width - 1 - x)."""
@@ -82,7 +88,7 @@ def test_cornernet_flip_merges_the_pairs_of_image_and_mirror_with_one_soft_nms()
         for _ in range(2)
     )  # fmt: skip
     names = ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding", "tl_offset", "br_offset")
-    direct, from_mirror = model.decode_flipped(maps, mirrored)
+    direct, from_mirror = model.flip_candidates(maps, mirrored)
     for got, want in zip(direct, cornernet_pairs(*(maps[name] for name in names), k=10, num_dets=50)):
         torch.testing.assert_close(got, want)
     boxes, scores, labels = cornernet_pairs(*(mirrored[name] for name in names), k=10, num_dets=50)
@@ -101,7 +107,7 @@ def test_cornernet_flip_merges_the_pairs_of_image_and_mirror_with_one_soft_nms()
 
 
 def test_centernet_flip_of_a_symmetric_image_gives_mirrored_detections():
-    model = centernet(tta={"flip": True}, k=30)
+    model = centernet(k=30)
     # Offsets 0.5 and sizes 2 everywhere: boxes centred on their cells, so the only asymmetry left would be
     # in the flip-averaged heatmap.
     for branch, value in ((model.heads[-1].offset, 0.5), (model.heads[-1].size, 2.0)):
@@ -109,7 +115,7 @@ def test_centernet_flip_of_a_symmetric_image_gives_mirrored_detections():
         torch.nn.init.constant_(branch[-1].bias, value)
     half = torch.randn(1, 3, 64, 32, generator=torch.Generator().manual_seed(4))
     image = torch.cat([half, half.flip(-1)], dim=-1)
-    detections = model.detect(batch_of(image))[0]
+    detections = detect(model, batch_of(image), flip=True)[0]
     assert len(detections) >= 4
 
     def key(detection, mirror: bool) -> tuple:
@@ -145,8 +151,7 @@ def test_multi_scale_maps_each_scale_back_and_merges_with_soft_nms():
         sets.append((boxes * model.stride / factors.repeat(2), scores, labels))  # input pixels of the scaled image
     boxes, scores, labels = soft_nms(*(torch.cat(parts, dim=1) for parts in zip(*sets)), max_dets=20)
     boxes = torch.minimum(boxes.clamp(min=0), torch.tensor(64.0))
-    model.tta = TestTimeAugmentation(scales=(0.5, 1.5))
-    detections = model.detect(batch)
+    detections = detect(model, batch, scales=(0.5, 1.5))
     for b, image_detections in enumerate(detections):
         kept = scores[b] > 0
         assert [d["score"] for d in image_detections] == pytest.approx(scores[b][kept].tolist())
@@ -157,8 +162,8 @@ def test_multi_scale_maps_each_scale_back_and_merges_with_soft_nms():
 
 @pytest.mark.parametrize("build", [centernet, cornernet])
 def test_tta_detections_stay_in_the_image_for_both_detectors(build):
-    model = build(tta={"flip": True, "scales": [0.75, 1.0]})
-    detections = model.detect(batch_of(torch.randn(1, 3, 64, 64)))[0]
+    model = build()
+    detections = detect(model, batch_of(torch.randn(1, 3, 64, 64)), flip=True, scales=[0.75, 1.0])[0]
     scores = [d["score"] for d in detections]
     assert scores == sorted(scores, reverse=True) and len(scores) <= 100
     for x, y, w, h in (d["bbox"] for d in detections):
@@ -176,9 +181,9 @@ def test_tta_config_is_validated():
 def test_flip_inputs_are_padded_to_the_stride_so_the_map_mirrors_onto_the_image():
     # The hourglass takes any size (size divisor 1): a 61-px-wide image would give a 16-cell map covering
     # 64 px, and its mirror would be shifted by 3 px. Padding to a multiple of the stride keeps it exact.
-    model = cornernet(tta={"flip": True})
+    model = cornernet()
     widths = []
     forward = model.forward
     model.forward = lambda images: widths.append(images.shape[-1]) or forward(images)
-    model.detect(batch_of(torch.randn(1, 3, 40, 61)))
+    detect(model, batch_of(torch.randn(1, 3, 40, 61)), flip=True)
     assert model.size_divisor == 1 and widths == [64]

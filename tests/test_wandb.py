@@ -11,7 +11,7 @@ from typing import Any
 
 from wandb.proto import wandb_internal_pb2
 
-from keypointdet.training import train
+from keypointdet.runs.train import train
 
 # The .wandb file is a LevelDB-style log of protobuf records: a 7-byte header, then 32 KiB blocks of
 # chunks with a 7-byte header each (crc32, length, type); a record spans FIRST / MIDDLE / LAST chunks.

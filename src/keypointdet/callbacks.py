@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,13 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
+from keypointdet.boxes import BoxMapping
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
+from keypointdet.io import write_text_atomically
+from keypointdet.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class WandbValidationImages(pl.Callback):
@@ -78,45 +79,51 @@ class WandbValidationImages(pl.Callback):
 
     @torch.no_grad()
     def render(self, model: pl.LightningModule, dataset: CocoDetection) -> dict[str, list[wandb.Image]]:
-        """``{"val/images/<heatmap name>": [one wandb.Image per fixed validation image]}``."""
+        """``{"val/images/<heatmap name>": [one wandb.Image per fixed validation image]}``, drawn in input pixels
+        from one forward pass (boxes decoded from the last stack, without test-time augmentation)."""
+        detector = model.detector
         batch = collate([dataset[index] for index in range(min(self.num_images, len(dataset)))])
-        batch = {name: value.to(model.device) for name, value in batch.items()}
-        was_training = model.training
-        model.eval()
-        outputs = model(batch["image"])[-1]
-        detections = model.detect(batch)
-        model.train(was_training)
+        was_training = detector.training
+        detector.eval()
+        outputs = detector(batch["image"].to(model.device))[-1]
+        boxes, scores, labels = (value.cpu() for value in detector.decode(outputs))
+        detector.train(was_training)
 
         pictures = denormalise(batch["image"], dataset.transform.mean, dataset.transform.std)
-        class_labels = dict(enumerate(model.class_names))
-        label_of = {category_id: label for label, category_id in enumerate(model.category_ids)}
-        boxes = []
+        class_labels = dict(enumerate(detector.class_names))
+        mapping = BoxMapping.from_batch(batch)
+        boxes = boxes * detector.stride
+        image_boxes = []
         for index, image_id in enumerate(batch["image_id"].tolist()):
-            scale, shift = batch["scale"][index].tolist(), batch["shift"][index].tolist()
             gt_boxes, gt_labels, _ = dataset.annotations(image_id)
-            ground_truth = [wandb_box(box, label, class_labels, scale, shift) for box, label in zip(gt_boxes, gt_labels)]
-            predictions = [
-                wandb_box(xywh_to_xyxy(det["bbox"]), label_of[det["category_id"]], class_labels, scale, shift, det["score"])
-                for det in detections[index]
-                if det["score"] >= self.min_score
-            ]
-            boxes.append(
+            gt_input = mapping.to_input(torch.as_tensor(gt_boxes, dtype=torch.float32)[None])[0]
+            kept = (scores[index] > 0) & (scores[index] >= self.min_score)  # 0: CornerNet's padding
+            image_boxes.append(
                 {
-                    "ground_truth": {"box_data": ground_truth, "class_labels": class_labels},
-                    "predictions": {"box_data": predictions, "class_labels": class_labels},
+                    "ground_truth": self._layer(gt_input, torch.as_tensor(gt_labels), None, class_labels),
+                    "predictions": self._layer(boxes[index][kept], labels[index][kept], scores[index][kept], class_labels),
                 }
             )
 
         logged = {}
         for name in sorted(key for key in outputs if key.endswith("heatmap")):
-            probability = outputs[name].float().sigmoid().amax(dim=1, keepdim=True)
+            probability = outputs[name].float().sigmoid().amax(dim=1, keepdim=True).cpu()
             probability = F.interpolate(probability, size=pictures.shape[-2:], mode="bilinear", align_corners=False)
             overlaid = overlay(pictures, probability[:, 0], self.heatmap_opacity)
             logged[f"val/images/{name}"] = [
-                wandb.Image(picture, boxes=image_boxes, caption=f"image {image_id}")
-                for picture, image_boxes, image_id in zip(overlaid, boxes, batch["image_id"].tolist())
+                wandb.Image(picture, boxes=layers, caption=f"image {image_id}")
+                for picture, layers, image_id in zip(overlaid, image_boxes, batch["image_id"].tolist())
             ]
         return logged
+
+    @staticmethod
+    def _layer(boxes: Tensor, labels: Tensor, scores: Tensor | None, class_labels: dict[int, str]) -> dict[str, Any]:
+        """A W&B box layer of xyxy ``boxes [N, 4]`` in input pixels (captions with the score when given)."""
+        entries = [
+            wandb_box(box, label, class_labels, None if scores is None else float(scores[i]))
+            for i, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist()))
+        ]
+        return {"box_data": entries, "class_labels": class_labels}
 
 
 def denormalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -139,21 +146,9 @@ def overlay(pictures: Tensor, probability: Tensor, opacity: float) -> np.ndarray
     return (blended * 255).round().astype(np.uint8)
 
 
-def xywh_to_xyxy(box: Sequence[float]) -> list[float]:
-    x, y, width, height = box
-    return [x, y, x + width, y + height]
-
-
-def wandb_box(
-    box: Sequence[float],
-    label: int,
-    class_labels: dict[int, str],
-    scale: Sequence[float],
-    shift: Sequence[float],
-    score: float | None = None,
-) -> dict[str, Any]:
-    """One W&B box in input pixels from an xyxy ``box`` in original pixels (``input = original * scale + shift``)."""
-    x0, y0, x1, y1 = (float(value) * scale[i % 2] + shift[i % 2] for i, value in enumerate(box))
+def wandb_box(box: Sequence[float], label: int, class_labels: dict[int, str], score: float | None = None) -> dict[str, Any]:
+    """One W&B box from an xyxy ``box`` in input pixels."""
+    x0, y0, x1, y1 = (float(value) for value in box)
     entry: dict[str, Any] = {
         "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
         "domain": "pixel",
@@ -197,7 +192,7 @@ class SweepSummary(HydraCallback):
             status["error"] = f"{type(error).__name__}: {error}"
         output_dir = Path(config.hydra.runtime.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(output_dir / self.status_name, json.dumps(status, indent=2))
+        write_text_atomically(output_dir / self.status_name, json.dumps(status, indent=2))
         if job_return.status == JobStatus.FAILED:
             log.error(f"job {status['job']} FAILED ({status['error']}) overrides: {' '.join(status['overrides'])}")
         self.write_summary(Path(config.hydra.sweep.dir))
@@ -225,7 +220,7 @@ class SweepSummary(HydraCallback):
                 [status["job"], status["status"], status["metric"], status["value"],
                  " ".join(status["overrides"]), status["error"] or ""]
             )
-        _write_atomically(sweep_dir / cls.summary_name, table.getvalue())
+        write_text_atomically(sweep_dir / cls.summary_name, table.getvalue())
         return statuses
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -240,11 +235,3 @@ class SweepSummary(HydraCallback):
             raise RuntimeError(
                 f"{len(failed)} of {len(statuses)} sweep jobs failed (jobs {failed}); see {sweep_dir / self.summary_name}"
             )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so that jobs running in parallel (a SLURM
-    launcher) never read a half-written status or summary."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -209,19 +209,10 @@ def cornernet_pairs(
     return boxes, scores, tl.labels.gather(1, tl_pick)
 
 
-def cornernet_decode(
-    tl_heatmap: Tensor,
-    br_heatmap: Tensor,
-    tl_embedding: Tensor,
-    br_embedding: Tensor,
-    tl_offset: Tensor,
-    br_offset: Tensor,
-    k: int = 100,
-    ae_threshold: float = 0.5,
-    num_dets: int = 1000,
-    soft_nms_sigma: float = 0.5,
-    soft_nms_method: Literal["gaussian", "linear"] = "gaussian",
-    max_dets: int = 100,
+def cornernet_decode(  # the arguments of cornernet_pairs, then of the soft-NMS
+    tl_heatmap: Tensor, br_heatmap: Tensor, tl_embedding: Tensor, br_embedding: Tensor, tl_offset: Tensor,
+    br_offset: Tensor, k: int = 100, ae_threshold: float = 0.5, num_dets: int = 1000, soft_nms_sigma: float = 0.5,
+    soft_nms_method: Literal["gaussian", "linear"] = "gaussian", max_dets: int = 100,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Boxes from CornerNet's raw head outputs: :func:`cornernet_pairs`, then per-class soft-NMS, which
     keeps the best ``max_dets``.

@@ -1,6 +1,7 @@
 """Export a checkpoint's network to ONNX or TorchScript: its raw outputs, without decoding.
 
 ``python -m keypointdet.export ckpt_path=FILE format=onnx|torchscript output=FILE [input_size=N] [batch_size=1]``
+(``conf/export.yaml``)
 
 The exported graph takes ``image [B, 3, H, W]`` (normalised like the training data: the letterbox
 of :mod:`keypointdet.inference`) and returns the raw maps of the last stack, named as in the head:
@@ -15,15 +16,15 @@ another shape, export again; for images of other sizes, letterbox them to ``inpu
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from keypointdet.detectors import KeypointDetector
 from keypointdet.inference import load_detector
+from keypointdet.runs import hydra_main
 
 FORMATS = ("onnx", "torchscript")
 
@@ -76,19 +77,23 @@ def export(detector: KeypointDetector, output: str | Path, export_format: str, i
     return path
 
 
-def main(arguments: list[str]) -> Path:
-    """``key=value`` arguments: ``ckpt_path``, ``format``, ``output``, optional ``input_size`` (default: the
-    checkpoint's training input size) and ``batch_size``."""
-    cfg: DictConfig = OmegaConf.from_dotlist(arguments)
+def export_checkpoint(cfg: DictConfig) -> Path:
+    """``cfg``: ``ckpt_path``, ``format``, ``output``, ``input_size`` (null: the checkpoint's training input size)
+    and ``batch_size``."""
     missing = [key for key in ("ckpt_path", "format", "output") if cfg.get(key) is None]
     if missing:
-        raise SystemExit(f"missing {', '.join(missing)}: {__doc__.splitlines()[2]}")
+        raise ValueError(f"missing {', '.join(missing)}: {__doc__.splitlines()[2]}")
     detector = load_detector(cfg.ckpt_path)
-    input_size = cfg.get("input_size", detector.letterbox.input_size)
-    path = export(detector, cfg.output, cfg.format, input_size, cfg.get("batch_size", 1))
+    input_size = cfg.get("input_size") or detector.letterbox.input_size
+    path = export(detector, cfg.output, cfg.format, input_size, cfg.batch_size)
     print(f"{cfg.format} export of {cfg.ckpt_path} ({input_size}x{input_size} input) written to {path}")
     return path
 
 
+@hydra_main("export")
+def main(cfg: DictConfig) -> None:
+    export_checkpoint(cfg)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -46,6 +47,20 @@ def focal_loss(
     if num_positives is None:
         num_positives = positive.sum()
     return _normalised(loss, num_positives)
+
+
+def mean_count_over_devices(count: Tensor) -> Tensor:
+    """A loss normaliser that does not depend on how the batch is split over devices.
+
+    DDP averages gradients over the ``world_size`` ranks, so dividing each rank's sum by
+    ``total / world_size`` gives exactly the gradient of one process on the whole batch.
+    """
+    count = count.detach().float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+        count /= dist.get_world_size()
+    return count
 
 
 def _normalised(loss: Tensor, count: Tensor | float) -> Tensor:

@@ -1,8 +1,7 @@
 """LightningDataModules for COCO-format and Pascal VOC detection data, shared by both detectors.
 
-The detector decides what a training sample's targets are: at ``setup`` the DataModule takes the
-target encoder, output stride and input size divisor from the LightningModule it is trained with
-(or from :meth:`BaseDetectionDataModule.configure_targets` when used on its own).
+The detector decides what a training sample's targets are: the run builder hands its target encoder,
+output stride and input size divisor to :meth:`BaseDetectionDataModule.configure_targets`.
 
 Randomness is a function of ``seed`` and the epoch only: :class:`EpochSampler` draws each epoch's order
 and one augmentation seed per sample from ``(seed, epoch)``, and the dataset restarts the augmentation
@@ -22,6 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, default_collate
 
@@ -111,17 +111,25 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         """The ``"train"`` or ``"val"`` dataset."""
         raise NotImplementedError
 
-    def configure_targets(self, encoder: Encoder, stride: int, size_divisor: int) -> None:
-        """How training samples are encoded: ``encoder(boxes_in_output_pixels, labels, output_size)``."""
+    def configure_targets(self, encoder: Encoder | None, stride: int, size_divisor: int) -> None:
+        """How training samples are encoded (``encoder(boxes_in_output_pixels, labels, output_size)``), at the
+        detector's output ``stride``, with inputs padded to a multiple of its ``size_divisor``."""
         self.encoder, self.stride, self.size_divisor = encoder, stride, size_divisor
+
+    def input_record(self) -> dict[str, Any]:
+        """How images are prepared for the network (stored in checkpoints): letterbox side and normalisation."""
+        return {"input_size": self.hparams.input_size, "mean": list(self.hparams.mean), "std": list(self.hparams.std)}
+
+    def ground_truth(self) -> COCO:
+        """The validation annotations (checked, as evaluated) once :meth:`setup` has run."""
+        if self.val_dataset is None:
+            raise RuntimeError("the validation set is read by setup(): call it first")
+        return self.val_dataset.coco
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             # every rank must draw the same order (the distributed sampler shards it), also when seed=null
             self.seed = self.trainer.strategy.broadcast(self.seed, src=0)
-        if self.trainer is not None and self.trainer.lightning_module is not None:
-            module = self.trainer.lightning_module
-            self.configure_targets(module.encoder, module.stride, module.size_divisor)
         if self.hparams.input_size % self.size_divisor:
             raise ValueError(
                 f"data.input_size={self.hparams.input_size} must be a multiple of the backbone's {self.size_divisor}"
@@ -212,7 +220,7 @@ class DetectionDataModule(BaseDetectionDataModule):
             generate_dataset(self.train_ann.parent, **self.hparams.generate)
 
     def categories(self) -> list[dict[str, Any]]:
-        self.prepare_data()
+        """The categories of ``train_ann`` (call :meth:`prepare_data` first for the embedded dataset)."""
         try:
             categories = json.loads(self.train_ann.read_text())["categories"]
         except (OSError, ValueError, KeyError, TypeError) as error:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -179,21 +179,12 @@ def encode_centernet(
     }
 
 
-def encode_cornernet(
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    output_size: tuple[int, int],
-    max_objects: int = 128,
-    min_overlap: float = 0.3,
-    radius_variant: RadiusVariant = "corrected",
+def encode_cornernet(  # the arguments of encode_centernet, with CornerNet's min_overlap
+    boxes: np.ndarray, labels: np.ndarray, num_classes: int, output_size: tuple[int, int], max_objects: int = 128,
+    min_overlap: float = 0.3, radius_variant: RadiusVariant = "corrected",
 ) -> dict[str, Tensor]:
-    """CornerNet targets for one image: the top-left corner ``(x1, y1)`` and bottom-right ``(x2, y2)``.
-
-    Args:
-        boxes: ``[N, 4]`` xyxy in output-map pixels, positive width and height.
-        labels: ``[N]`` class indices in ``0..num_classes-1``.
-        output_size: ``(H, W)`` of the output map.
+    """CornerNet targets for one image: the top-left corner ``(x1, y1)`` and bottom-right ``(x2, y2)``;
+    the arguments as :func:`encode_centernet`.
 
     Returns:
         ``tl_heatmap``, ``br_heatmap`` ``[C, H, W]`` float32; ``tl_index``, ``br_index`` ``[M]`` int64
@@ -229,6 +220,10 @@ class TargetEncoder:
         return self.encode(
             boxes, labels, self.num_classes, output_size, self.max_objects, self.min_overlap, self.radius_variant
         )
+
+    def settings(self) -> dict[str, Any]:
+        """The encoder's settings besides ``num_classes`` (``model.targets``)."""
+        return {"max_objects": self.max_objects, "min_overlap": self.min_overlap, "radius_variant": self.radius_variant}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
+from keypointdet.boxes import letterbox_size, round_up
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -236,11 +238,9 @@ class Letterbox:
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """``image [H, W, 3]`` uint8 RGB -> padded image, boxes in input pixels, ``scale``, ``shift``."""
         height, width = image.shape[:2]
-        ratio = self.input_size / max(height, width)
-        new_width, new_height = max(1, round(width * ratio)), max(1, round(height * ratio))
+        new_height, new_width = letterbox_size(height, width, self.input_size)
         resized = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
-        padded_height = -(-new_height // self.size_divisor) * self.size_divisor
-        padded_width = -(-new_width // self.size_divisor) * self.size_divisor
+        padded_height, padded_width = round_up(new_height, self.size_divisor), round_up(new_width, self.size_divisor)
         # Zero after normalisation is the mean colour, the same as the training padding.
         canvas = torch.zeros((3, padded_height, padded_width))
         canvas[:, :new_height, :new_width] = _normalise(resized, self.mean, self.std)

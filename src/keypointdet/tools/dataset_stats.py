@@ -1,7 +1,8 @@
 """What decides the training targets of a dataset, from its annotations alone (no image is read).
 
 ``python -m keypointdet.tools.dataset_stats data=coco data.root=/data/coco2017 [model=cornernet] [...]``
-composes the repository's ``conf/train.yaml`` with the given overrides (as ``train.py`` does) and prints,
+composes ``conf/dataset_stats.yaml`` (``conf/train.yaml`` with its own task name) with the given overrides, as
+``train.py`` does, and prints,
 for the train and val splits, at the scale the network sees them (the long side resized to
 ``data.input_size``, as in evaluation; training crops vary around it):
 
@@ -15,29 +16,21 @@ for the train and val splits, at the scale the network sees them (the long side 
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from keypointdet.boxes import letterbox_size
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.encode import gaussian_radius
 from keypointdet.data.transforms import Letterbox
+from keypointdet.detectors import CornerNet
+from keypointdet.runs import hydra_main
+from keypointdet.runs.train import build_detector
 
-REPOSITORY = Path(__file__).resolve().parents[3]
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
-
-
-def letterbox_scale(height: int, width: int, input_size: int) -> tuple[float, float]:
-    """Per-axis ``(x, y)`` scale of the evaluation letterbox (long side to ``input_size``, sides rounded)."""
-    ratio = input_size / max(height, width)
-    return max(1, round(width * ratio)) / width, max(1, round(height * ratio)) / height
 
 
 def _collisions(labels: np.ndarray, points: np.ndarray, stride: int) -> int:
@@ -66,7 +59,8 @@ def dataset_statistics(
     for image_id in dataset.image_ids:
         info = dataset.coco.imgs[image_id]
         boxes, labels, _ = dataset.annotations(image_id)
-        boxes = boxes * np.tile(letterbox_scale(info["height"], info["width"], input_size), 2)
+        input_height, input_width = letterbox_size(info["height"], info["width"], input_size)
+        boxes = boxes * np.array([input_width / info["width"], input_height / info["height"]] * 2)
         counts.append(len(boxes))
         points = {"centre": (boxes[:, :2] + boxes[:, 2:]) / 2, "tl": boxes[:, :2], "br": boxes[:, 2:]}
         for name, at in points.items():
@@ -134,36 +128,28 @@ def format_statistics(stats: dict[str, Any], corners: bool) -> str:
     return "\n".join(lines)
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """``conf/train.yaml`` of the repository composed with Hydra ``overrides`` (from any working directory)."""
-    os.environ.setdefault("PROJECT_ROOT", str(REPOSITORY))
-    with initialize_config_dir(config_dir=str(REPOSITORY / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def report(cfg: DictConfig) -> str:
-    """The statistics of both splits of ``cfg.data`` for ``cfg.model``'s targets and ``cfg.backbone``'s stride."""
-    datamodule = instantiate(cfg.data)
+    """The statistics of both splits of ``cfg.data`` for the targets and stride of the detector of ``cfg``."""
+    datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
-    stride = instantiate(cfg.backbone).stride
-    targets = cfg.model.get("targets", {})
-    corners = str(cfg.model._target_).endswith("CornerNet")
-    defaults = {"max_objects": 128, "min_overlap": 0.3 if corners else 0.7, "radius_variant": "corrected"}
-    settings = {key: targets.get(key, default) for key, default in defaults.items()}
+    detector = build_detector(cfg.model, cfg.backbone, datamodule.categories())
+    settings = detector.encoder.settings()
     input_size = cfg.data.input_size
     sections = [
-        f"model {cfg.model._target_.rsplit('.', 1)[-1]}: stride {stride}, input {input_size} (long side), "
+        f"model {type(detector).__name__}: stride {detector.stride}, input {input_size} (long side), "
         + ", ".join(f"{key} {value}" for key, value in settings.items())
     ]
+    corners = isinstance(detector, CornerNet)
     for split in ("train", "val"):
         dataset = datamodule.make_dataset(split, Letterbox(input_size), None)
-        stats = dataset_statistics(dataset, input_size, stride, **settings)
+        stats = dataset_statistics(dataset, input_size, detector.stride, **settings)
         sections.append(f"\n[{split}] {dataset.source}\n{format_statistics(stats, corners)}")
     return "\n".join(sections)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    print(report(compose_config(sys.argv[1:] if argv is None else argv)))
+@hydra_main("dataset_stats")
+def main(cfg: DictConfig) -> None:
+    print(report(cfg))
 
 
 if __name__ == "__main__":

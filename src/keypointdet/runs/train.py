@@ -17,9 +17,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_only
 
-from keypointdet.evaluation import format_table
+from keypointdet.data.datamodule import BaseDetectionDataModule
+from keypointdet.detectors import KeypointDetector
+from keypointdet.log import get_logger
+from keypointdet.metrics import format_table
+from keypointdet.module import DetectionModule
+
+log = get_logger(__name__)
 
 
 def _logged_in_to_wandb() -> bool:
@@ -109,16 +115,38 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
 
 
-def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
-    """DataModule, detector (classes from the annotation file) and Trainer of a config."""
-    datamodule = instantiate(cfg.data)
-    categories = datamodule.categories()
-    model = instantiate(
-        cfg.model,
-        _convert_="object",
+# Keys of ``model`` that configure training and evaluation; the others are the detector's arguments.
+TRAINING_KEYS = ("optimizer", "scheduler", "scheduler_interval", "tta")
+
+
+def build_detector(model: DictConfig, backbone: DictConfig, categories: list[dict[str, Any]]) -> KeypointDetector:
+    """The detector of ``model`` (its ``_target_`` and arguments) on ``backbone``, with the dataset's classes."""
+    arguments = {key: value for key, value in model.items() if key not in TRAINING_KEYS}
+    return instantiate(
+        arguments,
+        _recursive_=False,
+        backbone=backbone,
         num_classes=len(categories),
         category_ids=[cat["id"] for cat in categories],
         class_names=[cat["name"] for cat in categories],
+    )
+
+
+def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl.Trainer]:
+    """DataModule, LightningModule (detector with the dataset's classes) and Trainer of a config, wired
+    explicitly: the detector's target encoder goes to the DataModule, the validation annotations to the metric."""
+    datamodule: BaseDetectionDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    detector = build_detector(cfg.model, cfg.backbone, datamodule.categories())
+    datamodule.configure_targets(detector.encoder, detector.stride, detector.size_divisor)
+    model = DetectionModule(
+        detector,
+        ground_truth=datamodule.ground_truth,
+        input_record=datamodule.input_record(),
+        optimizer=cfg.model.optimizer,
+        scheduler=cfg.model.get("scheduler"),
+        scheduler_interval=cfg.model.get("scheduler_interval", "epoch"),
+        tta=cfg.model.get("tta"),
     )
     if cfg.get("logger") and "wandb" in cfg.logger:
         default_wandb_mode()
@@ -127,7 +155,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
     check_multirun_strategy(trainer)
     global_batch_size = cfg.data.batch_size * trainer.num_devices * trainer.num_nodes
-    rank_zero_info(
+    log.info(
         f"global batch {global_batch_size} = data.batch_size {cfg.data.batch_size} x {trainer.num_devices} devices "
         f"x {trainer.num_nodes} nodes; model.optimizer.lr applies to it as configured"
     )
@@ -142,8 +170,7 @@ def final_metrics(
     """Validation metrics of the best checkpoint (or of the last validation when there is none)."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("evaluate_best") and best:
-        # weights_only=False: our own checkpoints hold the optimizer / scheduler partials of the config.
-        trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=False)
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     return {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
 
 
@@ -180,7 +207,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = final_metrics(cfg, datamodule, model, trainer)
         log_per_class_ap(trainer.loggers, metrics)
     except BaseException:

@@ -1,0 +1,92 @@
+"""Checkpoint files: plain tensors and containers only, read with ``torch.load(weights_only=True)``.
+
+Every checkpoint this repository writes (``train.py``'s Lightning checkpoints, the converter's) holds
+
+- ``state_dict``: the detector's tensors, each key prefixed with ``detector.``;
+- ``keypointdet``: ``{"detector": KeypointDetector.config(), "input": {"input_size", "mean", "std"}}``,
+  everything needed to rebuild the detector and to prepare its input (:func:`keypointdet.inference.load_detector`).
+
+A file that needs more than that to unpickle is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from keypointdet.detectors import KeypointDetector, build_detector
+from keypointdet.io import write_atomically
+
+METADATA_KEY = "keypointdet"
+PREFIX = "detector."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (missing, truncated, unsafe, or not of this repository)."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, unpickled with ``weights_only=True`` (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses every global that is not a tensor type or a plain container
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain containers, and was not loaded (loading it "
+            f"could run code): {str(error).splitlines()[0]}"
+        ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
+def metadata(detector: KeypointDetector, input_record: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``keypointdet`` entry of a checkpoint: the detector's config and how its input is prepared
+    (``input_size`` of the letterbox, RGB ``mean`` and ``std`` on the 0-1 scale)."""
+    record = {"input_size": int(input_record["input_size"])}
+    record.update({key: [float(value) for value in input_record[key]] for key in ("mean", "std")})
+    return {"detector": detector.config(), "input": record}
+
+
+def save_detector(path: str | Path, detector: KeypointDetector, input_record: Mapping[str, Any]) -> Path:
+    """Write ``detector`` alone as a checkpoint of this repository (atomically)."""
+    checkpoint = {
+        "state_dict": {PREFIX + name: value for name, value in detector.state_dict().items()},
+        METADATA_KEY: metadata(detector, input_record),
+    }
+    return write_atomically(path, lambda file: torch.save(checkpoint, file))
+
+
+def checkpoint_metadata(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``keypointdet`` entry; a clear error for files of other code or older versions."""
+    if METADATA_KEY not in checkpoint:
+        raise CheckpointError(
+            f"{path} was not written by this version of keypointdet (no '{METADATA_KEY}' entry): retrain, or "
+            "convert official weights with python -m keypointdet.tools.convert_official"
+        )
+    return checkpoint[METADATA_KEY]
+
+
+def detector_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> KeypointDetector:
+    """The checkpoint's detector with its weights (train mode, CPU)."""
+    config = dict(checkpoint_metadata(checkpoint, path)["detector"])
+    if "pretrained" in config["backbone"]:  # the ImageNet weights are in the state_dict: no download
+        config["backbone"] = {**config["backbone"], "pretrained": False}
+    detector = build_detector(config)
+    state_dict = {
+        name.removeprefix(PREFIX): value for name, value in checkpoint["state_dict"].items() if name.startswith(PREFIX)
+    }
+    missing, unexpected = detector.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match its detector: missing {missing}, unexpected {unexpected}")
+    return detector

@@ -1,0 +1,112 @@
+"""The LightningModule: training glue around a detector (steps, logging, COCO mAP, optimizers, checkpoints)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from pycocotools.coco import COCO
+from torch import Tensor
+
+from keypointdet.boxes import BoxMapping
+from keypointdet.checkpoints import METADATA_KEY, metadata
+from keypointdet.detectors import KeypointDetector
+from keypointdet.detectors.base import plain
+from keypointdet.log import get_logger
+from keypointdet.metrics import CocoMeanAveragePrecision
+from keypointdet.tta import TestTimeAugmentation, detect
+
+log = get_logger(__name__)
+
+
+class DetectionModule(pl.LightningModule):
+    """Trains and validates ``detector``.
+
+    Args:
+        detector: the network, its loss and its decoder.
+        ground_truth: the validation annotations (or a callable returning them) for the COCO mAP.
+        input_record: how the DataModule prepares images (``input_size``, ``mean``, ``std``; stored in
+            checkpoints for inference).
+        optimizer: Hydra config of a partial optimizer (``_partial_: true``), completed with the parameters.
+        scheduler: Hydra config of a partial LR scheduler (or None), completed with the optimizer and, when it
+            takes ``total_steps``, the trainer's estimated number of steps.
+        scheduler_interval: ``"step"`` or ``"epoch"``.
+        tta: ``flip`` and ``scales`` of :class:`TestTimeAugmentation` for validation.
+    """
+
+    def __init__(
+        self,
+        detector: KeypointDetector,
+        ground_truth: COCO | Callable[[], COCO],
+        input_record: Mapping[str, Any],
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        scheduler_interval: str = "epoch",
+        tta: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.detector = detector
+        self.metric = CocoMeanAveragePrecision(ground_truth, detector.category_ids, detector.max_detections)
+        self.input_record = dict(input_record)
+        self.optimizer_config = plain(optimizer) if optimizer else None
+        self.scheduler_config = plain(scheduler) if scheduler else None
+        self.scheduler_interval = scheduler_interval
+        self.tta = TestTimeAugmentation(**(tta or {}))
+
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
+        return self.detector(images)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.detector.loss(self.detector(batch["image"]), batch)
+        batch_size = batch["image"].shape[0]
+        self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=True, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        self._log_data_counts(batch, "data")
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        boxes, scores, labels = detect(self.detector, batch["image"], BoxMapping.from_batch(batch), self.tta)
+        self.metric.update(batch["image_id"], boxes, scores, labels)
+        self._log_data_counts(batch, "val_data")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.metric.compute()
+        # Identical on every rank (gathered and de-duplicated); sync_dist averages equal values.
+        self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=True)
+        self.metric.reset()
+        self._warn_data_counts("val_data", "evaluation")
+
+    def on_train_epoch_end(self) -> None:
+        self._warn_data_counts("data", "training")
+
+    def _log_data_counts(self, batch: dict[str, Tensor], prefix: str) -> None:
+        """Sum every ``num_*`` count the data pipeline attaches (skipped boxes and images, dropped objects)
+        over the epoch and the devices, as ``<prefix>/num_*``."""
+        for name in sorted(key for key in batch if key.startswith("num_")):
+            count = batch[name].sum().float()
+            self.log(f"{prefix}/{name}", count, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True)
+
+    def _warn_data_counts(self, prefix: str, what: str) -> None:
+        for name, count in self.trainer.callback_metrics.items():
+            if name.startswith(f"{prefix}/num_") and count > 0:
+                log.warning(f"epoch {self.current_epoch}: {name}={int(count)} were left out of {what}")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimizer_config is None:
+            raise ValueError("no optimizer configured: this module was built for evaluation")
+        optimizer = instantiate(self.optimizer_config)(params=self.parameters())
+        if self.scheduler_config is None:
+            return {"optimizer": optimizer}
+        scheduler = instantiate(self.scheduler_config)
+        kwargs = {}
+        if "total_steps" in inspect.signature(scheduler).parameters:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        schedule = {"scheduler": scheduler(optimizer=optimizer, **kwargs), "interval": self.scheduler_interval}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what rebuilds the detector (:func:`keypointdet.inference.load_detector`)."""
+        checkpoint[METADATA_KEY] = metadata(self.detector, self.input_record)

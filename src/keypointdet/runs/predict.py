@@ -1,0 +1,49 @@
+"""The prediction run behind ``predict.py``: detections of a checkpoint on an image or a folder, drawn and saved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+from PIL import Image
+
+from keypointdet.data.annotations import read_image
+from keypointdet.inference import Detection, draw_detections, load_detector, predict
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_files(input_path: str | Path) -> list[Path]:
+    """An image file, or the images of a folder (sorted, not recursive)."""
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input not found: {path}")
+    files = sorted(file for file in path.iterdir() if file.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return files
+
+
+def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
+    """Detect on ``cfg.input`` (an image or a folder); write to ``cfg.output`` every image with its detections
+    drawn (same file name and format) and ``detections.json`` (``{file name: detections}``)."""
+    if cfg.get("ckpt_path") is None or cfg.get("input") is None:
+        raise ValueError("give the checkpoint and the images: python predict.py ckpt_path=FILE input=IMAGE_OR_DIR")
+    files = image_files(cfg.input)
+    output = Path(cfg.output)
+    if output.resolve() in {file.parent.resolve() for file in files}:
+        raise ValueError(f"output={output} is the folder of the input images: the drawings would overwrite them")
+    model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
+    output.mkdir(parents=True, exist_ok=True)
+    all_detections: dict[str, list[Detection]] = {}
+    for file in files:
+        image = read_image(file)
+        detections = predict(model, image)
+        all_detections[file.name] = detections
+        Image.fromarray(draw_detections(image, detections, cfg.score_threshold)).save(output / file.name)
+    (output / "detections.json").write_text(json.dumps(all_detections))
+    print(f"{len(all_detections)} images with their detections (score >= {cfg.score_threshold}) drawn in {output}")
+    return all_detections
