@@ -285,6 +285,10 @@ class Pool(nn.Module):
         return self.conv2(F.relu(self.p_bn1(self.p_conv1(pooled)) + self.bn1(self.conv1(x))))
 
 
+def conv1x1_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+
 def kp_head(cnv_dim: int, dim: int, cout: int) -> nn.Sequential:
     return nn.Sequential(Convolution(3, cnv_dim, dim, with_bn=False), nn.Conv2d(dim, cout, 1))
 
@@ -307,8 +311,8 @@ class HourglassNet(nn.Module):
                 for corner in ("tl", "br"):
                     setattr(self, f"{corner}_{name}", ml(kp_head(cnv_dim, dim, cout) for _ in range(nstack)))
         self.inters = ml(Residual(dim, dim) for _ in range(nstack - 1))
-        self.inters_ = ml(nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim)) for _ in range(nstack - 1))
-        self.cnvs_ = ml(nn.Sequential(nn.Conv2d(cnv_dim, dim, 1, bias=False), nn.BatchNorm2d(dim)) for _ in range(nstack - 1))
+        self.inters_ = ml(conv1x1_bn(dim, dim) for _ in range(nstack - 1))
+        self.cnvs_ = ml(conv1x1_bn(cnv_dim, dim) for _ in range(nstack - 1))
         heads = {f"{c}_regrs": 2 for c in ("tl", "br")} if cornernet else CENTER_HEADS
         for name, cout in heads.items():
             setattr(self, name, ml(kp_head(cnv_dim, dim, cout) for _ in range(nstack)))

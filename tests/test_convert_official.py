@@ -300,3 +300,9 @@ def test_conversion_holds_for_other_weights_and_inputs(name: str) -> None:
         for official in data["output_names"].values():
             gap = (mirrored[official] - expected[official]).abs().max().item()
             assert gap > 0.05 * expected[official].abs().max().item(), official
+
+
+def test_a_key_both_with_and_without_module_prefix_is_refused() -> None:
+    base = cheap_resdcn18()
+    with pytest.raises(OfficialCheckpointError, match="'conv1.weight' appears both"):
+        convert_state_dict("centernet_resdcn18", {**base, "module.conv1.weight": base["conv1.weight"]})

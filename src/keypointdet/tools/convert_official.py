@@ -144,10 +144,13 @@ def build_detector(config: Mapping[str, Any], device: torch.device | str | None 
 def strip_module_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Remove DataParallel's ``module.`` as the official ``load_model`` does (keys starting with ``module``
     but not ``module_list`` lose their first 7 characters)."""
-    return {
-        (key[7:] if key.startswith("module") and not key.startswith("module_list") else key): value
-        for key, value in state_dict.items()
-    }
+    stripped: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        bare = key[7:] if key.startswith("module") and not key.startswith("module_list") else key
+        if bare in stripped:
+            raise OfficialCheckpointError(f"{bare!r} appears both with and without the 'module.' prefix")
+        stripped[bare] = value
+    return stripped
 
 
 def read_official(path: str | PathLike[str]) -> dict[str, Tensor]:
@@ -171,7 +174,7 @@ def read_official(path: str | PathLike[str]) -> dict[str, Tensor]:
             f"(CornerNet), got {type(loaded).__name__}"
             + (f" with keys {sorted(map(str, loaded))[:10]}" if isinstance(loaded, Mapping) else "")
         )
-    bad = sorted(str(key) for key, value in state_dict.items() if not isinstance(key, str) or not torch.is_tensor(value))
+    bad = sorted(str(key) for key, value in state_dict.items() if not (isinstance(key, str) and torch.is_tensor(value)))
     if bad:
         raise OfficialCheckpointError(f"{path}: not an official checkpoint: non-tensor entries {bad[:10]}")
     return strip_module_prefix(state_dict)
@@ -194,7 +197,8 @@ def convert_state_dict(
     """
     config = official_config(arch, backbone_overrides)
     spec = OFFICIAL_ARCHS[arch]
-    expected = {key: (tuple(value.shape), value.dtype) for key, value in build_detector(config, "meta").state_dict().items()}
+    detector = build_detector(config, "meta")  # shapes only
+    expected = {key: (tuple(value.shape), value.dtype) for key, value in detector.state_dict().items()}
     table = keys.table_for(spec["family"], spec["detector"], config["backbone"])
     source = {
         key: value for key, value in strip_module_prefix(official_state_dict).items()
@@ -221,7 +225,8 @@ def convert_state_dict(
         for key in expected
         if key not in converted and not key.endswith("num_batches_tracked")
     ]
-    missing += [f"{official} (DCN bias)" for official, mean in keys.folds(table).items() if mean in expected and mean not in biases]
+    folded = keys.folds(table)  # official DCN bias -> running mean
+    missing += [f"{name} (DCN bias)" for name, mean in folded.items() if mean in expected and mean not in biases]
     mismatched = [
         f"{origin[key]}: {tuple(value.shape)} in the file, {expected[key][0]} expected for {key}"
         for key, value in converted.items()
