@@ -9,7 +9,7 @@ Plain renames are one-to-one, so the same table names the official source of a c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,4 +168,4 @@ def table_for(family: str, detector: str, backbone: Mapping[str, Any]) -> Table:
     raise ValueError(f"unknown network family {family!r}")
 
 
-__all__: Sequence[str] = ["DROP", "Fold", "folds", "inverse", "lookup", "official_name", "rename", "table_for"]
+__all__ = ["DROP", "Fold", "folds", "inverse", "lookup", "official_name", "rename", "table_for"]
