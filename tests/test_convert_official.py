@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from keypointdet.tools.convert_official import (
     official_config,
     read_official,
 )
+from keypointdet.inference import load_detector
 from official_networks import build_official
 
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official"
@@ -257,8 +260,12 @@ def test_official_config() -> None:
     assert set(OFFICIAL_ARCHS) == {"centernet_resdcn18", "centernet_dla34", "centernet_hourglass104",
                                    "cornernet_hourglass104"}  # fmt: skip
     config = official_config("cornernet_hourglass104", {"dims": [16, 24, 32], "depth": 2, "modules": [2, 1, 2]})
-    assert config["detector_kwargs"] == {"num_classes": 80, "head_channels": 16, "pool_channels": 128}
-    assert config["mean"] == [0.47026115, 0.44719302, 0.40789654]
+    detector = config["detector"]
+    assert (detector["name"], detector["num_classes"], detector["head_channels"], detector["pool_channels"]) == (
+        "cornernet", 80, 16, 128)
+    assert detector["category_ids"] == COCO_CATEGORY_IDS and detector["class_names"] == COCO_CLASS_NAMES
+    assert config["input"]["mean"] == [0.47026115, 0.44719302, 0.40789654]
+    assert config["input"]["std"] == [0.27809835, 0.27408164, 0.28863828]
     assert OFFICIAL_ARCHS["cornernet_hourglass104"]["backbone"]["dims"][0] == 256  # overrides copy
     with pytest.raises(ValueError, match="unknown backbone overrides"):
         official_config("centernet_resdcn18", {"width": 3})
@@ -306,3 +313,23 @@ def test_a_key_both_with_and_without_module_prefix_is_refused() -> None:
     base = cheap_resdcn18()
     with pytest.raises(OfficialCheckpointError, match="'conv1.weight' appears both"):
         convert_state_dict("centernet_resdcn18", {**base, "module.conv1.weight": base["conv1.weight"]})
+
+
+@pytest.mark.parametrize("name", ["cornernet_hourglass_tiny", "centernet_resdcn18"])
+def test_command_line_writes_a_checkpoint_that_load_detector_rebuilds(name: str, tmp_path: Path) -> None:
+    data = shared(name)
+    official = save_official(official_state_dict(data), tmp_path / "official.pth", name.split("_")[0])
+    output = tmp_path / "converted.ckpt"
+    backbone = [f"backbone.{key}={json.dumps(value).replace(' ', '')}" for key, value in (overrides(data) or {}).items()]
+    command = [sys.executable, "-m", "keypointdet.tools.convert_official", f"arch={INSTANCES[name]}",
+               f"input={official}", f"output={output}", *backbone, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"written to {output}" in result.stdout
+    detector = load_detector(output)
+    assert not detector.training and detector.class_names == COCO_CLASS_NAMES
+    assert detector.letterbox.mean == [0.47026115, 0.44719302, 0.40789654]  # normalised as the official code
+    arrays = np.load(OFFICIAL / f"{name}.npz")
+    with torch.no_grad():
+        outputs = detector(torch.from_numpy(arrays["input"]).flip(1))[-1]
+    assert_close(outputs, {output: torch.from_numpy(arrays[output]) for output in data["outputs"]})

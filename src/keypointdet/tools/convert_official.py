@@ -8,7 +8,9 @@ official networks' README (``shared/official/README.md``):
 - :func:`convert_state_dict` renames by role (:mod:`keypointdet.tools.official_keys`), folds the DCN
   biases into the following BatchNorm's running mean, drops DLA's dead tensors, reverses the input
   channels of the first conv (the converted model reads RGB) and refuses any file that does not match;
-- :func:`official_config` / :func:`build_detector`: the detector that holds the converted weights.
+- :func:`official_config` / :func:`build_detector`: the detector that holds the converted weights;
+- :func:`convert_file` (``python -m keypointdet.tools.convert_official arch=ARCH input=FILE output=FILE.ckpt
+  [backbone.<key>=...]``, ``conf/convert_official.yaml``) writes an ordinary checkpoint of this repository.
 
 The converted model reads RGB images normalised with :data:`OFFICIAL_MEAN_RGB` / :data:`OFFICIAL_STD_RGB`
 (COCO statistics, not ImageNet's): ``converted(x.flip(1)) == official(x)`` for a normalised BGR ``x``.
@@ -22,9 +24,17 @@ from os import PathLike
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from omegaconf import DictConfig
+from torch import Tensor
 
+from keypointdet import detectors
+from keypointdet.checkpoints import save_detector
+from keypointdet.detectors import KeypointDetector
+from keypointdet.log import get_logger
+from keypointdet.runs import hydra_main
 from keypointdet.tools import official_keys as keys
+
+log = get_logger(__name__)
 
 _RESNET = "keypointdet.models.backbones.resnet.ResNet"
 _DLA = "keypointdet.models.backbones.dla.DLA"
@@ -67,7 +77,9 @@ OFFICIAL_ARCHS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 
-DETECTOR_CLASSES = {"centernet": "keypointdet.detectors.CenterNet", "cornernet": "keypointdet.detectors.CornerNet"}
+# The official evaluation input: CenterNet letterboxes to 512 (--keep_res tests at the native size), CornerNet
+# trains on 511 x 511 crops.
+INPUT_SIZES = {"centernet": 512, "cornernet": 511}
 
 # The official input normalisation (``coco.py`` of both repositories), here in RGB order.
 OFFICIAL_MEAN_RGB = [0.47026115, 0.44719302, 0.40789654]
@@ -99,10 +111,11 @@ class OfficialCheckpointError(ValueError):
 def official_config(arch: str, backbone_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The detector that holds a converted ``arch`` checkpoint, as plain data.
 
-    Returns ``{"arch", "detector", "detector_class", "backbone" (Hydra config with _target_), "detector_kwargs"
-    (num_classes, head_channels[, pool_channels]), "category_ids", "class_names", "mean", "std" (RGB)}``.
-    ``backbone_overrides`` replace backbone config entries (e.g. a reduced hourglass: ``depth``, ``dims``,
-    ``modules``, ``stem_channels``, ``out_channels``); the hourglass heads' hidden width follows ``dims[0]``.
+    Returns ``{"arch", "detector": a config for keypointdet.detectors.build_detector (name, backbone with
+    _target_, num_classes, COCO category ids and names, head widths), "input": {"input_size", "mean", "std"}}``
+    with the official normalisation in RGB order. ``backbone_overrides`` replace backbone config entries (e.g. a
+    reduced hourglass: ``depth``, ``dims``, ``modules``, ``stem_channels``, ``out_channels``); the hourglass
+    heads' hidden width follows ``dims[0]``.
     """
     if arch not in OFFICIAL_ARCHS:
         raise ValueError(f"unknown official architecture {arch!r}; known: {sorted(OFFICIAL_ARCHS)}")
@@ -114,31 +127,21 @@ def official_config(arch: str, backbone_overrides: Mapping[str, Any] | None = No
     spec["backbone"].update(copy.deepcopy(overrides))
     if spec["family"] == "hourglass":
         spec["detector_kwargs"]["head_channels"] = int(spec["backbone"]["dims"][0])
-    return {
-        "arch": arch,
-        "detector": spec["detector"],
-        "detector_class": DETECTOR_CLASSES[spec["detector"]],
+    detector = {
+        "name": spec["detector"],
         "backbone": spec["backbone"],
-        "detector_kwargs": spec["detector_kwargs"],
         "category_ids": list(COCO_CATEGORY_IDS),
         "class_names": list(COCO_CLASS_NAMES),
-        "mean": list(OFFICIAL_MEAN_RGB),
-        "std": list(OFFICIAL_STD_RGB),
+        **spec["detector_kwargs"],
     }
+    record = {"input_size": INPUT_SIZES[spec["detector"]], "mean": list(OFFICIAL_MEAN_RGB), "std": list(OFFICIAL_STD_RGB)}
+    return {"arch": arch, "detector": detector, "input": record}
 
 
-def build_detector(config: Mapping[str, Any], device: torch.device | str | None = None) -> nn.Module:
+def build_detector(config: Mapping[str, Any], device: torch.device | str | None = None) -> KeypointDetector:
     """This repository's detector for an :func:`official_config` (``device="meta"``: shapes only, no memory)."""
-    from hydra.utils import get_class
-
-    detector_class = get_class(config["detector_class"])
     with torch.device(device or "cpu"):
-        return detector_class(
-            backbone=dict(config["backbone"]),
-            category_ids=config["category_ids"],
-            class_names=config["class_names"],
-            **config["detector_kwargs"],
-        )
+        return detectors.build_detector(config["detector"])
 
 
 def strip_module_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -199,7 +202,7 @@ def convert_state_dict(
     spec = OFFICIAL_ARCHS[arch]
     detector = build_detector(config, "meta")  # shapes only
     expected = {key: (tuple(value.shape), value.dtype) for key, value in detector.state_dict().items()}
-    table = keys.table_for(spec["family"], spec["detector"], config["backbone"])
+    table = keys.table_for(spec["family"], spec["detector"], config["detector"]["backbone"])
     source = {
         key: value for key, value in strip_module_prefix(official_state_dict).items()
         if not key.endswith("num_batches_tracked")
@@ -260,3 +263,32 @@ def convert_state_dict(
     for key, (shape, dtype) in expected.items():
         result[key] = converted[key] if key in converted else torch.zeros(shape, dtype=dtype)
     return result
+
+
+def convert_file(
+    arch: str, input_path: str | PathLike[str], output: str | PathLike[str], backbone_overrides: Mapping[str, Any] | None = None
+) -> KeypointDetector:
+    """Convert the official checkpoint ``input_path`` and write it to ``output`` as a checkpoint of this
+    repository (``load_detector``, ``eval.py``, ``predict.py``, export and ``model.init_from`` read it)."""
+    config = official_config(arch, backbone_overrides)
+    state_dict = convert_state_dict(arch, read_official(input_path), backbone_overrides)
+    detector = build_detector(config)
+    detector.load_state_dict(state_dict, strict=True)
+    save_detector(output, detector, config["input"])
+    return detector
+
+
+@hydra_main("convert_official")
+def main(cfg: DictConfig) -> None:
+    missing = [key for key in ("arch", "input", "output") if cfg.get(key) is None]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}: python -m keypointdet.tools.convert_official arch=ARCH "
+                         "input=OFFICIAL_FILE output=FILE.ckpt")  # fmt: skip
+    overrides = {key: value for key, value in (cfg.get("backbone") or {}).items() if value is not None}
+    detector = convert_file(cfg.arch, cfg.input, cfg.output, overrides)
+    parameters = sum(parameter.numel() for parameter in detector.parameters())
+    print(f"{cfg.arch}: {cfg.input} converted ({parameters / 1e6:.1f}M parameters) and written to {cfg.output}")
+
+
+if __name__ == "__main__":
+    main()
