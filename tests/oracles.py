@@ -1,12 +1,26 @@
 """Perfect predictions for the pipeline tests: ground-truth targets turned into raw head outputs.
 
-Written independently of the package (a Python loop per object), so that decoding them tests the
-decoders, the box mapping and the evaluation, not a copy of their code.
+The oracles are written independently of the package (a Python loop per object), so that decoding them
+(:func:`decoded_results`, the package's own path) tests the decoders, the box mapping and the evaluation,
+not a copy of their code.
 """
 
 from __future__ import annotations
 
 import torch
+
+from keypointdet.boxes import BoxMapping
+from keypointdet.metrics import coco_results
+
+
+def decoded_results(detector, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[list[dict]]:
+    """Raw outputs of a collated evaluation batch -> COCO results per image (decoded, no TTA, original pixels)."""
+    boxes, scores, labels = detector.decode(outputs)
+    boxes = BoxMapping.from_batch(batch).to_original(boxes * detector.stride)
+    return [
+        coco_results(int(image_id), boxes[i], scores[i], labels[i], detector.category_ids)
+        for i, image_id in enumerate(batch["image_id"].reshape(-1).tolist())
+    ]
 
 
 def logit(probability: torch.Tensor) -> torch.Tensor:

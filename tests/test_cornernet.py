@@ -5,25 +5,15 @@ AP 1), and as a training run composed from the real configs."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import remap_categories
-from oracles import cornernet_oracle
 
-from keypointdet.boxes import BoxMapping
-from keypointdet.data.coco import CocoDetection
-from keypointdet.data.datamodule import collate
 from keypointdet.data.encode import CornerNetEncoder, encode_cornernet, gaussian_radius
-from keypointdet.data.synthetic import generate_dataset
-from keypointdet.data.transforms import Letterbox
 from keypointdet.decode import cornernet_decode, peak_nms, soft_nms, topk_peaks
 from keypointdet.detectors import CornerNet
-from keypointdet.metrics import coco_results, evaluate_detections
 from keypointdet.losses import ae_loss
-from keypointdet.models.backbones.resnet import ResNet
 from keypointdet.models.heads import CornerHead, heatmap_bias
 from keypointdet.runs.train import train
 
@@ -355,47 +345,6 @@ def test_corner_head_outputs_and_init():
     assert head.pools["tl"].directions == ("top", "left") and head.pools["br"].directions == ("bottom", "right")
 
 
-# --------------------------------------------------------------------------- oracle round trip
-
-
-def postprocess(detector, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[list[dict]]:
-    """Raw outputs of a collated evaluation batch -> COCO results per image (decoded, no TTA, original pixels)."""
-    boxes, scores, labels = detector.decode(outputs)
-    boxes = BoxMapping.from_batch(batch).to_original(boxes * detector.stride)
-    return [
-        coco_results(int(image_id), boxes[i], scores[i], labels[i], detector.category_ids)
-        for i, image_id in enumerate(batch["image_id"].reshape(-1).tolist())
-    ]
-
-
-def shared_corner_cells(sample: dict[str, torch.Tensor]) -> int:
-    """Objects whose corner shares an output cell with another object's: one embedding cannot serve both."""
-    mask = sample["mask"]
-    return sum(int(mask.sum()) - len(set(sample[f"{c}_index"][mask].tolist())) for c in ("tl", "br"))
-
-
-@pytest.mark.parametrize("category_ids", [None, {1: 2, 2: 5, 3: 9, 4: 10, 5: 31, 6: 77}], ids=["contiguous", "sparse"])
-def test_perfect_corner_predictions_give_ap_1(tmp_path: Path, category_ids: dict[int, int] | None) -> None:
-    generate_dataset(tmp_path, num_train=1, num_val=10, seed=11)
-    ann_file = tmp_path / "val.json"
-    if category_ids is not None:
-        ann_file = remap_categories(ann_file, tmp_path / "val_sparse.json", category_ids)
-    dataset = CocoDetection(ann_file, tmp_path / "val", Letterbox(256, 32), stride=4)
-    num_classes = len(dataset.category_ids)
-    dataset.encoder = CornerNetEncoder(num_classes)
-    samples = [dataset[i] for i in range(len(dataset))]
-    assert sum(shared_corner_cells(sample) for sample in samples) == 0
-
-    backbone = ResNet(18, neck_channels=(16, 16, 16))
-    model = CornerNet(backbone, num_classes, pool_channels=8, category_ids=dataset.category_ids)
-    detections = {}
-    for sample in samples:  # one image per batch: the letterboxed maps differ in size
-        batch = collate([sample])
-        detections[int(sample["image_id"])] = postprocess(model, cornernet_oracle(batch), batch)[0]
-    assert all(det["score"] > 0 for image in detections.values() for det in image)
-    metrics = evaluate_detections(dataset.coco, detections)
-    assert metrics["mAP"] >= 0.99
-    assert metrics["mAR100"] >= 0.99
 
 
 # --------------------------------------------------------------------------- training from the real configs

@@ -8,31 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import write_coco, write_image
-from oracles import centernet_oracle, cornernet_oracle
+from oracles import centernet_oracle, cornernet_oracle, decoded_results
 
-from keypointdet.boxes import BoxMapping
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
 from keypointdet.data.encode import CenterNetEncoder, CornerNetEncoder
 from keypointdet.data.transforms import Letterbox
 from keypointdet.detectors import CenterNet, CornerNet
-from keypointdet.metrics import coco_results, evaluate_detections
+from keypointdet.metrics import evaluate_detections
 from keypointdet.models.backbones.resnet import ResNet
 
 # (height, width, objects): very wide, very tall, square and odd, one off square, a 2:1 with odd sides
 SIZES = [(37, 211, 2), (301, 17, 1), (129, 129, 4), (65, 64, 2), (97, 203, 4)]
-
-
-def postprocess(detector, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[list[dict]]:
-    """Raw outputs of a collated evaluation batch -> COCO results per image (decoded, no TTA, original pixels)."""
-    boxes, scores, labels = detector.decode(outputs)
-    boxes = BoxMapping.from_batch(batch).to_original(boxes * detector.stride)
-    return [
-        coco_results(int(image_id), boxes[i], scores[i], labels[i], detector.category_ids)
-        for i, image_id in enumerate(batch["image_id"].reshape(-1).tolist())
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +62,7 @@ def test_perfect_predictions_map_back_to_the_original_boxes(odd_dataset: Path, d
     for index, image_id in enumerate(dataset.image_ids):
         batch = collate([dataset[index]])  # one image per batch: the letterboxed sizes differ
         assert batch["image"].shape[-1] % 32 == 0 and batch["image"].shape[-2] % 32 == 0
-        results = postprocess(model, oracle(batch), batch)[0]
+        results = decoded_results(model, oracle(batch), batch)[0]
         detections[image_id] = results
         truth = dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=[image_id]))
         confident = sorted((d for d in results if d["score"] > 0.5), key=lambda d: d["bbox"])

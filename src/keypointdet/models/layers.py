@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
@@ -19,3 +20,10 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int =
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
     """:func:`conv_bn` followed by ReLU."""
     return nn.Sequential(*conv_bn(in_channels, out_channels, kernel_size, stride), nn.ReLU(inplace=True))
+
+
+def bilinear_kernel(size: int) -> Tensor:
+    """``[size, size]`` weights of bilinear upsampling by ``(size + 1) // 2`` as a transposed convolution."""
+    center = (size - 1) / 2
+    ramp = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / ((size + 1) // 2)
+    return ramp[:, None] * ramp[None, :]

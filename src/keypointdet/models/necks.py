@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
+from keypointdet.models.layers import bilinear_kernel
+
 
 class ModulatedDeformConv(nn.Module):
     """3x3 modulated deformable convolution (DCNv2) from ``torchvision.ops``: no compiled extension.
@@ -32,13 +34,11 @@ class ModulatedDeformConv(nn.Module):
 
 def _bilinear_upsampling_(deconv: nn.ConvTranspose2d) -> None:
     """Initialise a stride-2, 4x4 transposed convolution as per-channel bilinear upsampling."""
-    size = deconv.kernel_size[0]
-    center = (size - 1) / 2
-    ramp = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / ((size + 1) // 2)
+    kernel = bilinear_kernel(deconv.kernel_size[0])
     with torch.no_grad():
         deconv.weight.zero_()
         for channel in range(min(deconv.in_channels, deconv.out_channels)):
-            deconv.weight[channel, channel] = ramp[:, None] * ramp[None, :]
+            deconv.weight[channel, channel] = kernel
 
 
 class DeconvNeck(nn.Module):

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from keypointdet.models.layers import conv_bn_relu
+from keypointdet.models.layers import bilinear_kernel, conv_bn_relu
 from keypointdet.models.necks import ModulatedDeformConv
 
 
@@ -40,10 +40,8 @@ def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
     upsampling = nn.ConvTranspose2d(
         channels, channels, size, stride=factor, padding=factor // 2, groups=channels, bias=False
     )
-    center = (size - 1) / 2
-    ramp = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / factor
     with torch.no_grad():
-        upsampling.weight.copy_((ramp[:, None] * ramp[None, :]).expand_as(upsampling.weight))
+        upsampling.weight.copy_(bilinear_kernel(size).expand_as(upsampling.weight))
     return upsampling
 
 
