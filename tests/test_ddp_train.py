@@ -51,7 +51,7 @@ def one_step_gradients(compose_train, overrides: tuple[str, ...], model, samples
     per_device = len(samples) // trainer.world_size
     loader = DataLoader(samples, batch_size=per_device, shuffle=False, collate_fn=collate)
     trainer.fit(model, train_dataloaders=loader)
-    return torch.load(path)
+    return torch.load(path, weights_only=True)
 
 
 @pytest.mark.parametrize("detector", sorted(DETECTORS))

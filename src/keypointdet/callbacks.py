@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from keypointdet.boxes import BoxMapping
@@ -30,6 +34,68 @@ from keypointdet.io import write_text_atomically
 from keypointdet.log import get_logger
 
 log = get_logger(__name__)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``<dirpath>/last.ckpt``: the latest resumable state, whatever the validation metric did.
+
+    Written at the end of every training epoch, every ``every_n_train_steps`` steps or every
+    ``every_n_minutes`` minutes when one of them is set (long epochs), and when a SIGTERM (SLURM
+    preemption) or SIGINT (Ctrl-C) stops the run: Lightning stops every rank after the current batch, then
+    this writes the checkpoint and the run exits with an error naming it. The best-by-metric checkpoint is
+    another :class:`ModelCheckpoint`'s. Writes go through the trainer's checkpoint IO (atomic, see
+    :class:`keypointdet.checkpoints.AtomicCheckpointIO`).
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None, every_n_minutes: float | None = None) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_train_steps=every_n_train_steps,
+            train_time_interval=timedelta(minutes=every_n_minutes) if every_n_minutes else None,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        self._previous_sigint_handler: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(latest=True, dirpath=self.dirpath)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing: the state after a validation is written at the end of the epoch."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """(After Lightning's own signal handlers are set.) SIGINT (Ctrl-C) stops like SIGTERM: after the current batch, with this checkpoint written."""
+
+        def stop_after_batch(signum: int, frame: Any) -> None:
+            trainer._signal_connector.received_sigterm = True  # Lightning's own stop-after-this-batch flag
+
+        self._previous_sigint_handler = signal.signal(signal.SIGINT, stop_after_batch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_sigint_handler()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint_handler()
+        if isinstance(exception, SIGTERMException):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+            log.warning(f"stopped by a signal at step {trainer.global_step}: resumable checkpoint {self.last_path}")
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.dirpath) / f"last{self.FILE_EXTENSION}"
+
+    def _restore_sigint_handler(self) -> None:
+        if self._previous_sigint_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint_handler)
+            self._previous_sigint_handler = None
 
 
 class WandbValidationImages(pl.Callback):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 from keypointdet.detectors import KeypointDetector, build_detector
 from keypointdet.io import write_atomically
@@ -90,3 +91,26 @@ def detector_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) ->
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its detector: missing {missing}, unexpected {unexpected}")
     return detector
+
+
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity."""
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (``trainer.save_checkpoint``, every ``ModelCheckpoint``) through
+    :func:`write_atomically`: a run killed at any moment leaves each checkpoint whole or absent. A checkpoint
+    whose weights are not finite is never written."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options}")
+        non_finite = non_finite_tensors(checkpoint.get("state_dict", {}))
+        if non_finite:
+            raise CheckpointError(f"not writing {path}: non-finite weights in {', '.join(non_finite[:5])}")
+        write_atomically(path, lambda file: torch.save(checkpoint, file))

@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from pycocotools.coco import COCO
+import torch
 from torch import Tensor
 
 from keypointdet.boxes import BoxMapping
@@ -20,6 +21,10 @@ from keypointdet.metrics import CocoMeanAveragePrecision
 from keypointdet.tta import TestTimeAugmentation, detect
 
 log = get_logger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term that is NaN or infinite: the run stops before the optimizer step."""
 
 
 class DetectionModule(pl.LightningModule):
@@ -61,11 +66,30 @@ class DetectionModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.detector.loss(self.detector(batch["image"]), batch)
+        self._stop_on_non_finite(terms, batch["image_id"])
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         self._log_data_counts(batch, "data")
         return terms["loss"]
+
+    def _stop_on_non_finite(self, terms: dict[str, Tensor], image_ids: Tensor) -> None:
+        """Raise :class:`NonFiniteLossError` on every rank when a loss term of any rank is not finite (a flag summed
+        over the ranks first, so that no rank waits for the others in the backward pass)."""
+        finite = torch.isfinite(torch.stack([value.detach().float() for value in terms.values()]))
+        flag = (~finite).any().float()
+        if float(self.trainer.strategy.reduce(flag, reduce_op="sum")) == 0:
+            return
+        bad = {name: float(value) for (name, value), ok in zip(terms.items(), finite.tolist()) if not ok}
+        where = (
+            f"loss term {', '.join(f'{name}={value}' for name, value in bad.items())} for the images {image_ids.tolist()}"
+            if bad
+            else "a loss term of another rank"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}): {where}; no checkpoint "
+            "written from this step, the last one on disk is intact"
+        )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         boxes, scores, labels = detect(self.detector, batch["image"], BoxMapping.from_batch(batch), self.tta)

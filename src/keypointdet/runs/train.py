@@ -18,7 +18,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from keypointdet.callbacks import LatestCheckpoint
+from keypointdet.checkpoints import load_checkpoint
+from keypointdet.config_checks import check_training_config
 from keypointdet.data.datamodule import BaseDetectionDataModule
 from keypointdet.detectors import KeypointDetector
 from keypointdet.log import get_logger
@@ -201,8 +205,19 @@ def report(metrics: dict[str, float], output_dir: Path) -> None:
     print(f"val/mAP={metrics.get('val/mAP', float('nan')):.4f} val/mAP50={metrics.get('val/mAP50', float('nan')):.4f}")
 
 
+def resume_command(trainer: pl.Trainer) -> str:
+    """How to continue a stopped run (the run's other overrides unchanged)."""
+    latest = [callback for callback in trainer.callbacks if isinstance(callback, LatestCheckpoint)]
+    if not latest:
+        return "no resumable checkpoint is configured (callbacks.last_checkpoint)"
+    return f"resume with: python train.py ckpt_path={latest[0].last_path} [the run's overrides]"
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured detector, evaluate it, write ``metrics.json``; returns the final val metrics."""
+    check_training_config(cfg)
+    if cfg.get("ckpt_path") is not None:
+        load_checkpoint(cfg.ckpt_path)  # a truncated or unsafe file: an error naming it, not a pickle traceback
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
@@ -210,6 +225,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = final_metrics(cfg, datamodule, model, trainer)
         log_per_class_ap(trainer.loggers, metrics)
+    except SIGTERMException as stop:
+        finish_wandb(exit_code=1)
+        raise SystemExit(f"stopped by SIGTERM / SIGINT; {resume_command(trainer)}") from stop
     except BaseException:
         finish_wandb(exit_code=1)
         raise

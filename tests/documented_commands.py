@@ -1,0 +1,145 @@
+"""Every command of README.md and docs/*.md, and how the test suite runs it (tests/test_documented_commands.py).
+
+The README's ```bash blocks and its inline commands (`python ...`, `make ...`) are extracted by
+:func:`documented_commands`; each one must be a key of :data:`COMMANDS`, so a command cannot be documented
+without being run (or without saying here why it is not). A value is either
+
+- a tuple of overrides appended after the tiny settings of its entry point (``()`` for none): the command
+  is run as written, its placeholders (``FILE``, ``/data/coco2017``, ``image.jpg``, ...) replaced by tiny
+  files of the test (:data:`PLACEHOLDERS`);
+- :class:`NotRun` with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# inline code that is a command: `python ...`, `.venv/bin/python ...`, `make ...`, `PYTHONPATH=... python ...`
+INLINE_COMMAND = re.compile(r"`((?:\.venv/bin/)?python [^`]+|make [^`]+|make|PYTHONPATH=\S+ python [^`]+)`")
+FENCED_BASH = re.compile(r"```bash\n(.*?)```", re.S)
+
+
+@dataclass(frozen=True)
+class NotRun:
+    """A documented command the suite does not run, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Slow:
+    """A command run only with ``-m slow`` (``make test-all``): its extra overrides."""
+
+    overrides: tuple[str, ...] = ()
+
+
+def normalise(command: str) -> str:
+    """One line, single spaces, comment removed."""
+    return re.sub(r"\s+", " ", re.sub(r"(^|\s)#.*$", "", command)).strip()
+
+
+def documented_commands() -> dict[str, str]:
+    """Every command of the documents (bash blocks line by line, backslash continuations joined, and the
+    inline commands), mapped to the document it is first found in."""
+    commands: dict[str, str] = {}
+    for document in DOCUMENTS:
+        text = document.read_text()
+        for block in FENCED_BASH.findall(text):
+            for line in block.replace("\\\n", " ").splitlines():
+                if command := normalise(line):
+                    commands.setdefault(command, document.name)
+        for inline in INLINE_COMMAND.findall(FENCED_BASH.sub("", text)):
+            commands.setdefault(normalise(inline), document.name)
+    return commands
+
+
+SLURM = "needs a SLURM cluster (sbatch); the launcher's config is tested in tests/test_sweeps.py"
+BENCHMARK = "a benchmark (minutes of measurement), not a behaviour; run by hand, results in benchmarks/README.md"
+TEMPLATE = "a template in prose; its instances are run"
+
+COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
+    # Quick start
+    "make train": NotRun("= .venv/bin/python train.py (Makefile), run as 'python train.py'; make installs first"),
+    "make test": NotRun("runs this suite"),
+    "make test-all": NotRun("runs this suite with the slow tests"),
+    "make benchmark": NotRun(BENCHMARK),
+    "make": NotRun("the installation step of make train / make test"),
+    'make train ARGS="trainer.max_epochs=30"': NotRun("= python train.py trainer.max_epochs=30 (Makefile)"),
+    ".venv/bin/python train.py ...": NotRun(TEMPLATE),
+    "RUN=$(ls -d logs/train/runs/* | tail -1)": NotRun("shell helper: $RUN is replaced by a run of the test"),
+    ".venv/bin/python eval.py ckpt_path=$RUN/checkpoints/last.ckpt model.tta.flip=true": (),
+    ".venv/bin/python predict.py ckpt_path=$RUN/checkpoints/last.ckpt input=data/synthetic/val output=predictions": (),
+    "python -m keypointdet.data.synthetic out=DIR [num_train=N num_val=N seed=S]": (),
+    "python train.py": (),
+    "python train.py ckpt_path=...": (),
+    # Training on your data
+    "python train.py data=coco data.root=/data/coco2017": (),
+    "python train.py data=coco data.train_ann=/data/mine/train.json data.train_img_dir=/data/mine/images "
+    "data.val_ann=/data/mine/val.json data.val_img_dir=/data/mine/images": (),
+    "python train.py data=voc data.root=/data/VOCdevkit": (),
+    "python train.py data=voc data.root=/data/VOCdevkit data.train_sets=[2007/trainval] data.val_sets=[2007/test]": (),
+    "python train.py data=coco data.root=/data/coco2017 backbone=resnet50 backbone.pretrained=true trainer=gpu": Slow(
+        ("backbone.pretrained=false",)  # no download in tests
+    ),
+    "python -m keypointdet.tools.dataset_stats data=coco data.root=/data/coco2017": (),
+    "python -m keypointdet.tools.dataset_stats data=voc data.root=/data/VOCdevkit model=cornernet": (),
+    # Detectors and backbones
+    "python train.py backbone=dla34": (),
+    "python train.py backbone=hourglass_small": (),
+    "python train.py model=cornernet": (),
+    "python train.py model=cornernet backbone=hourglass104 model.pool_channels=128 data=coco "
+    "data.root=/data/coco2017 data.input_size=511 trainer=gpu": Slow(),
+    "python train.py backbone=<name> [model=cornernet]": NotRun(TEMPLATE),
+    # Multi-GPU, sweeps, W&B (DDP on GPUs run as 2 CPU processes)
+    "python train.py model=cornernet trainer=ddp trainer.devices=4": Slow(("trainer=ddp_cpu", "trainer.devices=2")),
+    "python train.py model=cornernet trainer.devices=4": Slow(("trainer.devices=2", "trainer.strategy=ddp_spawn")),
+    "python train.py trainer=ddp trainer.devices=8 trainer.num_nodes=2": NotRun(
+        "needs 2 nodes; its trainer keys are those of the 4-GPU command, which is run"
+    ),
+    "python train.py trainer=ddp_cpu": (),
+    "python train.py -m model.loss.alpha=1,2,3 model.loss.beta=2,4": Slow(),
+    "python train.py -m model=cornernet model.loss.pull_weight=0.05,0.1,0.2 model.loss.push_weight=0.05,0.1,0.2": Slow(),
+    "python train.py -m hparams_search=centernet_optuna": ("hydra.sweeper.n_trials=2",),
+    "python train.py -m hparams_search=cornernet_optuna hydra.sweeper.n_trials=50": Slow(("hydra.sweeper.n_trials=2",)),
+    "python train.py -m trainer=ddp trainer.strategy=ddp_spawn model.loss.alpha=1,2": Slow(("trainer=ddp_cpu",)),
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu trainer=ddp trainer.devices=4 "
+    "model.loss.alpha=1,2,3": NotRun(SLURM),
+    "python train.py logger.wandb.project=keypointdet logger.wandb.entity=my-team logger.wandb.tags=[resnet18]": (),
+    "wandb sync logs/train/runs/*/wandb/offline-run-*": NotRun("uploads to wandb.ai (network)"),
+    # Evaluate, predict, export, resume
+    "python eval.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt": (),
+    "python eval.py ckpt_path=FILE data=coco data.root=/data/coco2017": (),
+    "python eval.py ckpt_path=FILE trainer.devices=2 trainer.strategy=ddp": Slow(),
+    "python predict.py ckpt_path=FILE input=image.jpg output=out/": (),
+    "python eval.py ckpt_path=FILE model.tta.flip=true": (),
+    "python eval.py ckpt_path=FILE model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
+    "python eval.py ckpt_path=... model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
+    "python eval.py ckpt_path=FILE tta=multiscale": Slow(),
+    "python -m keypointdet.export ckpt_path=FILE format=onnx output=model.onnx [input_size=512] [batch_size=1]": (),
+    "python -m keypointdet.export ckpt_path=FILE format=torchscript output=model.pt": (),
+    "python train.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt [the run's overrides]": (),
+    # Safety and failure behaviour
+    "python train.py ckpt_path=<run>/checkpoints/last.ckpt [the run's overrides]": (),
+    "python train.py ckpt_path=$RUN/checkpoints/last.ckpt ...": NotRun("the SLURM requeue line, a template of the above"),
+    # Paper recipes (on 1 CPU device, 64 px)
+    "python train.py experiment=centernet_resnet18_coco data.root=/data/coco2017": (),
+    "python train.py experiment=centernet_dla34_coco data.root=/data/coco2017": (),
+    "python train.py experiment=centernet_hourglass104_coco data.root=/data/coco2017": Slow(),
+    "python train.py experiment=cornernet_hourglass104_coco data.root=/data/coco2017": Slow(),
+    # Results
+    "python train.py model=cornernet": (),
+    "python benchmarks/short_schedule.py --backbone resnet18_skip": NotRun(BENCHMARK),
+    "python benchmarks/train_step.py --precision bf16-mixed": NotRun(BENCHMARK),
+    "python benchmarks/data_pipeline.py": NotRun(BENCHMARK),
+    "python benchmarks/decode.py": NotRun(BENCHMARK),
+    "PYTHONPATH=src python benchmarks/corner_pool.py": NotRun(BENCHMARK),
+}
+
+# Commands the documents give in words (a comment) rather than as a line of their own, run like the others.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "python predict.py ckpt_path=FILE input=a_folder/": (),  # "# or input=a_folder/"
+}
