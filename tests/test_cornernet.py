@@ -287,7 +287,7 @@ def test_pairing_threshold_and_soft_nms_of_two_candidates():
     torch.testing.assert_close(scores[0, :2], torch.tensor([(high + low) / 2, 0.0]))
 
 
-def naive_cornernet_decode(maps, k, ae_threshold, num_dets, sigma, method, max_dets):
+def naive_cornernet_decode(maps, k, ae_threshold, num_dets, sigma, method, max_dets, iou_threshold):
     """K x K pairing with python loops over the (independently tested) top-k peaks, then naive soft-NMS."""
     corners = {}
     for corner in ("tl", "br"):
@@ -313,7 +313,8 @@ def naive_cornernet_decode(maps, k, ae_threshold, num_dets, sigma, method, max_d
         batch_labels.append([p[2] for p in pairs] + [0] * (num_dets - len(pairs)))
     boxes = torch.tensor(batch_boxes, dtype=torch.float64)
     scores = torch.tensor(batch_scores, dtype=torch.float64)
-    return naive_soft_nms(boxes, scores, torch.tensor(batch_labels), sigma=sigma, method=method, max_dets=max_dets)
+    labels = torch.tensor(batch_labels)
+    return naive_soft_nms(boxes, scores, labels, sigma, method, iou_threshold=iou_threshold, max_dets=max_dets)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
@@ -328,10 +329,11 @@ def test_cornernet_decode_matches_naive_pairing_on_random_maps(method):
         maps[f"{corner}_heatmap"] = logits.reshape(batch, classes, size, size)
         maps[f"{corner}_embedding"] = torch.rand(batch, 1, size, size, generator=g)
         maps[f"{corner}_offset"] = torch.rand(batch, 2, size, size, generator=g)
-    kwargs = {"k": 20, "ae_threshold": 0.5, "num_dets": 25, "soft_nms_method": method, "max_dets": 15}
+    kwargs = {"k": 20, "ae_threshold": 0.5, "num_dets": 25, "soft_nms_method": method, "max_dets": 15,
+              "soft_nms_iou_threshold": 0.4}  # fmt: skip
     boxes, scores, labels = decode_maps(maps, **kwargs)
     expected_boxes, expected_scores, expected_labels = naive_cornernet_decode(
-        maps, kwargs["k"], kwargs["ae_threshold"], kwargs["num_dets"], 0.5, method, kwargs["max_dets"]
+        maps, kwargs["k"], kwargs["ae_threshold"], kwargs["num_dets"], 0.5, method, kwargs["max_dets"], 0.4
     )
     assert (expected_scores[:, -1] > 0).all()  # enough valid pairs: the num_dets and max_dets cuts both matter
     torch.testing.assert_close(scores.double(), expected_scores, rtol=1e-5, atol=1e-6)
@@ -407,3 +409,16 @@ def test_fast_dev_run_on_small_hourglass(compose_train, model):
     cfg = compose_train(*overrides)
     metrics = train(cfg)
     assert 0.0 <= metrics["val/mAP"] <= 1.0
+
+
+def test_the_detector_soft_nms_iou_threshold_reaches_the_merge():
+    """Linear soft-NMS (official ``linear_soft_nms``): a pair overlapping the best one at IoU 0.45 decays only
+    when the threshold is below 0.45; the setting survives the detector's config (checkpoints)."""
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 4.5]]])
+    candidates = (boxes, torch.tensor([[0.9, 0.8]]), torch.tensor([[0, 0]]))
+    backbone = {"_target_": "keypointdet.models.backbones.resnet.ResNet", "depth": 18, "neck_channels": [8, 8, 8]}
+    for threshold, expected in ((0.5, 0.8), (0.4, 0.8 * (1 - 0.45))):
+        detector = CornerNet(backbone, 1, pool_channels=4, soft_nms_method="linear", soft_nms_iou_threshold=threshold)
+        assert detector.config()["soft_nms_iou_threshold"] == threshold
+        _, scores, _ = detector.merge([candidates])
+        assert scores[0, :2].tolist() == pytest.approx([0.9, expected])

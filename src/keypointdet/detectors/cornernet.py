@@ -38,7 +38,8 @@ class CornerNet(KeypointDetector):
         k: corners of each kind kept before pairing.
         ae_threshold: largest embedding distance of a pair.
         num_dets: best pairs kept before soft-NMS.
-        soft_nms_sigma, soft_nms_method: the soft-NMS of the pairs.
+        soft_nms_sigma, soft_nms_method, soft_nms_iou_threshold: the per-class soft-NMS of the pairs (official:
+            ``exp_soft_nms`` with sigma 0.5, or ``linear_soft_nms`` above the IoU ``nms_threshold`` 0.5).
         max_dets: detections per image after soft-NMS.
     """
 
@@ -60,9 +61,11 @@ class CornerNet(KeypointDetector):
         soft_nms_sigma: float = 0.5,
         soft_nms_method: str = "gaussian",
         max_dets: int = 100,
+        soft_nms_iou_threshold: float = 0.5,
     ) -> None:
         super().__init__(
-            backbone, num_classes, category_ids, class_names, max_dets, soft_nms_sigma, soft_nms_method
+            backbone, num_classes, category_ids, class_names, max_dets, soft_nms_sigma, soft_nms_method,
+            soft_nms_iou_threshold,
         )
         self.head_channels, self.pool_channels = head_channels, pool_channels
         self.k, self.ae_threshold, self.num_dets = k, ae_threshold, num_dets
@@ -112,5 +115,6 @@ class CornerNet(KeypointDetector):
             "num_dets": self.num_dets,
             "soft_nms_sigma": self.soft_nms_sigma,
             "soft_nms_method": self.soft_nms_method,
+            "soft_nms_iou_threshold": self.soft_nms_iou_threshold,
             "max_dets": self.max_detections,
         }
