@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from keypointdet.data.encode import CornerNetEncoder
@@ -19,11 +20,19 @@ CORNER_OUTPUTS = ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding", "t
 
 @dataclass(frozen=True)
 class CornerNetLoss(FocalLossSettings):
-    """The focal loss on both heatmaps; pull / push embedding and smooth-L1 offset weights."""
+    """The focal loss on both heatmaps; pull / push embedding and smooth-L1 offset weights.
+
+    ``ae_sum_images`` says how pull and push are normalised. None: averaged over the images that have
+    objects (the paper's formula). A number ``n``: the official code's reduction, which sums them over the
+    images of each GPU and averages over GPUs, i.e. ``n`` times their mean over all the images of the global
+    batch when each GPU holds ``n`` images (the recipe sets ``n`` to its per-device batch). Either way the
+    normaliser is averaged over devices, so the loss does not depend on how the batch is split.
+    """
 
     pull_weight: float = 0.1
     push_weight: float = 0.1
     offset_weight: float = 1.0
+    ae_sum_images: float | None = None
 
 
 class CornerNet(KeypointDetector):
@@ -89,9 +98,16 @@ class CornerNet(KeypointDetector):
                 outputs[f"{corner}_offset"], index, mask, targets[f"{corner}_offset"], "smooth_l1", num_objects
             )
             embeddings.append(gather_at(outputs[f"{corner}_embedding"], index)[..., 0])
-        pull, push = ae_loss(*embeddings, mask, mean_count_over_devices(mask.any(dim=1).sum()))
+        pull, push = ae_loss(*embeddings, mask, self.embedding_normaliser(mask))
         loss = heatmap + weights.pull_weight * pull + weights.push_weight * push + weights.offset_weight * offset
         return {"loss": loss, "heatmap": heatmap, "pull": pull, "push": push, "offset": offset}
+
+    def embedding_normaliser(self, mask: Tensor) -> Tensor:
+        """What the summed pull and push of a batch (``mask [B, M]``) are divided by (:class:`CornerNetLoss`)."""
+        if self.loss_weights.ae_sum_images is None:
+            return mean_count_over_devices(mask.any(dim=1).sum())
+        num_images = mean_count_over_devices(torch.tensor(float(mask.shape[0]), device=mask.device))
+        return num_images / self.loss_weights.ae_sum_images
 
     def candidates(self, outputs: Outputs) -> Detections:
         """The best ``num_dets`` corner pairs before soft-NMS: the pairs of every test-time view are
