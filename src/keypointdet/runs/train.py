@@ -121,7 +121,12 @@ TRAINING_KEYS = ("optimizer", "scheduler", "scheduler_interval", "tta")
 
 def build_detector(model: DictConfig, backbone: DictConfig, categories: list[dict[str, Any]]) -> KeypointDetector:
     """The detector of ``model`` (its ``_target_`` and arguments) on ``backbone``, with the dataset's classes."""
-    arguments = {key: value for key, value in model.items() if key not in TRAINING_KEYS}
+    # resolved here: once copied out of the config tree, interpolations such as ${data.batch_size} cannot be
+    arguments = {
+        key: OmegaConf.to_container(model[key], resolve=True) if OmegaConf.is_config(model[key]) else model[key]
+        for key in model
+        if key not in TRAINING_KEYS
+    }
     return instantiate(
         arguments,
         _recursive_=False,
