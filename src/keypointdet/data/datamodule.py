@@ -121,6 +121,9 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         self.train_dataset: CocoDetection | None = None
         self.val_dataset: CocoDetection | None = None
 
+    # whether its evaluation also reports Pascal VOC2007's 11-point AP at IoU 0.5 (val/mAP50_voc07)
+    voc07_metric = False
+
     def categories(self) -> list[dict[str, Any]]:
         """The dataset's categories (``id``, ``name``) sorted by id: label ``i`` is the ``i``-th."""
         raise NotImplementedError
@@ -263,7 +266,7 @@ class DetectionDataModule(BaseDetectionDataModule):
 
 
 class VOCDataModule(BaseDetectionDataModule):
-    """Pascal VOC in the ``VOCdevkit`` layout, evaluated with COCO's mAP (and AP50, the VOC metric).
+    """Pascal VOC in the ``VOCdevkit`` layout, evaluated with COCO's mAP, AP50 and VOC2007's 11-point AP50.
 
     Args:
         root: the ``VOCdevkit`` folder (holding ``VOC2007``, ``VOC2012``).
@@ -271,6 +274,8 @@ class VOCDataModule(BaseDetectionDataModule):
             and ``["2007/test"]`` (the usual protocol).
         **kwargs: see :class:`BaseDetectionDataModule`.
     """
+
+    voc07_metric = True
 
     def __init__(
         self,

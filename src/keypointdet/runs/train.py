@@ -152,6 +152,7 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         scheduler=cfg.model.get("scheduler"),
         scheduler_interval=cfg.model.get("scheduler_interval", "epoch"),
         tta=cfg.model.get("tta"),
+        voc07=datamodule.voc07_metric,
     )
     if cfg.get("logger") and "wandb" in cfg.logger:
         default_wandb_mode()
