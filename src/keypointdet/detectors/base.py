@@ -112,6 +112,10 @@ class KeypointDetector(nn.Module):
         """The constructor arguments that are not common to every detector (for :meth:`config`)."""
         raise NotImplementedError
 
+    def class_layers(self) -> list[str]:
+        """Names of the convolutions with one output channel per class (the heatmaps' last layers)."""
+        raise NotImplementedError
+
     # --- shared --------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> list[Outputs]:
         """``images [B, 3, H, W]`` -> the raw head outputs of every stack (the last one is used at inference)."""

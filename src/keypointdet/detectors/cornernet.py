@@ -120,6 +120,13 @@ class CornerNet(KeypointDetector):
         boxes, scores, labels = self.candidates(mirrored)
         return [self.candidates(outputs), (mirror_boxes(boxes, outputs["tl_heatmap"].shape[-1]), scores, labels)]
 
+    def class_layers(self) -> list[str]:
+        return [
+            f"heads.{i}.heatmaps.{corner}.{len(branch) - 1}"
+            for i, head in enumerate(self.heads)
+            for corner, branch in head.heatmaps.items()
+        ]
+
     def settings(self) -> dict[str, Any]:
         return {
             "head_channels": self.head_channels,

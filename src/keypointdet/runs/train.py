@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_only
 
+from keypointdet.checkpoints import initialise_from
 from keypointdet.data.datamodule import BaseDetectionDataModule
 from keypointdet.detectors import KeypointDetector
 from keypointdet.log import get_logger
@@ -116,7 +117,7 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 # Keys of ``model`` that configure training and evaluation; the others are the detector's arguments.
-TRAINING_KEYS = ("optimizer", "scheduler", "scheduler_interval", "tta")
+TRAINING_KEYS = ("optimizer", "scheduler", "scheduler_interval", "tta", "init_from")
 
 
 def build_detector(model: DictConfig, backbone: DictConfig, categories: list[dict[str, Any]]) -> KeypointDetector:
@@ -143,6 +144,8 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
     datamodule: BaseDetectionDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     detector = build_detector(cfg.model, cfg.backbone, datamodule.categories())
+    if cfg.model.get("init_from"):
+        initialise_from(detector, cfg.model.init_from)
     datamodule.configure_targets(detector.encoder, detector.stride, detector.size_divisor)
     model = DetectionModule(
         detector,
