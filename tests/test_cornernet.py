@@ -277,7 +277,7 @@ def test_pairing_threshold_and_soft_nms_of_two_candidates():
     torch.testing.assert_close(scores[0, :2], torch.tensor([(high + low) / 2, 0.0]))
 
 
-def naive_cornernet_decode(maps, k, ae_threshold, num_dets, sigma, method, max_dets):
+def naive_cornernet_decode(maps, k, ae_threshold, num_dets, sigma, method, max_dets, iou_threshold):
     """K x K pairing with python loops over the (independently tested) top-k peaks, then naive soft-NMS."""
     corners = {}
     for corner in ("tl", "br"):
@@ -303,7 +303,8 @@ def naive_cornernet_decode(maps, k, ae_threshold, num_dets, sigma, method, max_d
         batch_labels.append([p[2] for p in pairs] + [0] * (num_dets - len(pairs)))
     boxes = torch.tensor(batch_boxes, dtype=torch.float64)
     scores = torch.tensor(batch_scores, dtype=torch.float64)
-    return naive_soft_nms(boxes, scores, torch.tensor(batch_labels), sigma=sigma, method=method, max_dets=max_dets)
+    labels = torch.tensor(batch_labels)
+    return naive_soft_nms(boxes, scores, labels, sigma, method, iou_threshold=iou_threshold, max_dets=max_dets)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
@@ -318,10 +319,11 @@ def test_cornernet_decode_matches_naive_pairing_on_random_maps(method):
         maps[f"{corner}_heatmap"] = logits.reshape(batch, classes, size, size)
         maps[f"{corner}_embedding"] = torch.rand(batch, 1, size, size, generator=g)
         maps[f"{corner}_offset"] = torch.rand(batch, 2, size, size, generator=g)
-    kwargs = {"k": 20, "ae_threshold": 0.5, "num_dets": 25, "soft_nms_method": method, "max_dets": 15}
+    kwargs = {"k": 20, "ae_threshold": 0.5, "num_dets": 25, "soft_nms_method": method, "max_dets": 15,
+              "soft_nms_iou_threshold": 0.4}  # fmt: skip
     boxes, scores, labels = decode_maps(maps, **kwargs)
     expected_boxes, expected_scores, expected_labels = naive_cornernet_decode(
-        maps, kwargs["k"], kwargs["ae_threshold"], kwargs["num_dets"], 0.5, method, kwargs["max_dets"]
+        maps, kwargs["k"], kwargs["ae_threshold"], kwargs["num_dets"], 0.5, method, kwargs["max_dets"], 0.4
     )
     assert (expected_scores[:, -1] > 0).all()  # enough valid pairs: the num_dets and max_dets cuts both matter
     torch.testing.assert_close(scores.double(), expected_scores, rtol=1e-5, atol=1e-6)
@@ -356,3 +358,97 @@ def test_fast_dev_run_on_small_hourglass(compose_train, model):
     cfg = compose_train(*overrides)
     metrics = train(cfg)
     assert 0.0 <= metrics["val/mAP"] <= 1.0
+
+
+def test_the_detector_soft_nms_iou_threshold_reaches_the_merge():
+    """Linear soft-NMS (official ``linear_soft_nms``): a pair overlapping the best one at IoU 0.45 decays only
+    when the threshold is below 0.45; the setting survives the detector's config (checkpoints)."""
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 4.5]]])
+    candidates = (boxes, torch.tensor([[0.9, 0.8]]), torch.tensor([[0, 0]]))
+    backbone = {"_target_": "keypointdet.models.backbones.resnet.ResNet", "depth": 18, "neck_channels": [8, 8, 8]}
+    for threshold, expected in ((0.5, 0.8), (0.4, 0.8 * (1 - 0.45))):
+        detector = CornerNet(backbone, 1, pool_channels=4, soft_nms_method="linear", soft_nms_iou_threshold=threshold)
+        assert detector.config()["soft_nms_iou_threshold"] == threshold
+        _, scores, _ = detector.merge([candidates])
+        assert scores[0, :2].tolist() == pytest.approx([0.9, expected])
+
+
+# --------------------------------------------------------------------------- the official pull / push reduction
+
+
+def official_ae_loss(tag0: torch.Tensor, tag1: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official CornerNet ``_ae_loss`` (kp_utils.py) of a batch ``[B, M]``: per image, pull =
+    sum_k ((tl_k - e_k)^2 + (br_k - e_k)^2) / (N + 1e-4), push = sum over every pair (j, k), the diagonal
+    included, of (relu(1 - |e_j - e_k|) - 1 / (N + 1e-4)) / ((N - 1) N + 1e-4); both summed over the batch."""
+    num = mask.sum(dim=1, keepdim=True).double()
+    mean = (tag0 + tag1) / 2
+    pull = ((tag0 - mean).pow(2) / (num + 1e-4))[mask].sum() + ((tag1 - mean).pow(2) / (num + 1e-4))[mask].sum()
+    pairs = mask.unsqueeze(1) & mask.unsqueeze(2)
+    num = num.unsqueeze(2)
+    dist = torch.relu(1 - (mean.unsqueeze(1) - mean.unsqueeze(2)).abs())
+    dist = (dist - 1 / (num + 1e-4)) / ((num - 1) * num + 1e-4)
+    return pull, dist[pairs].sum()
+
+
+def corner_batch(counts: list[int], generator: torch.Generator) -> tuple[dict, dict]:
+    """Random CornerNet outputs on a 6 x 7 map and targets with ``counts[b]`` objects in image ``b``."""
+    batch, classes, height, width, slots = len(counts), 2, 6, 7, 8
+    outputs = {f"{c}_{kind}": torch.randn(batch, n, height, width, generator=generator, dtype=torch.float64)
+               for c in ("tl", "br") for kind, n in (("heatmap", classes), ("embedding", 1), ("offset", 2))}  # fmt: skip
+    mask = torch.arange(slots).expand(batch, slots) < torch.tensor(counts)[:, None]
+    targets = {"mask": mask}
+    for corner in ("tl", "br"):
+        index = torch.stack([torch.randperm(height * width, generator=generator)[:slots] for _ in counts])
+        heatmap = torch.rand(batch, classes, height * width, generator=generator) * 0.9
+        heatmap.scatter_(2, index[:, None].expand(-1, classes, -1), 1.0)
+        targets[f"{corner}_index"] = index
+        targets[f"{corner}_heatmap"] = heatmap.reshape(batch, classes, height, width)
+        targets[f"{corner}_offset"] = torch.rand(batch, slots, 2, generator=generator)
+    return outputs, targets
+
+
+def gathered_embeddings(outputs: dict, targets: dict) -> list[torch.Tensor]:
+    """The embeddings at the corners, gathered with a plain loop."""
+    tags = []
+    for corner in ("tl", "br"):
+        flat = outputs[f"{corner}_embedding"].flatten(2)[:, 0]
+        tags.append(torch.stack([flat[b, targets[f"{corner}_index"][b]] for b in range(flat.shape[0])]))
+    return tags
+
+
+def test_recipe_pull_push_equal_the_official_sum_over_the_images_of_a_device():
+    """5 images on one device: with ae_sum_images=5 the loss is the official one (the AE loss summed over the
+    device's images); the paper normalisation is 5x smaller (its mean over images)."""
+    outputs, targets = corner_batch([2, 3, 4, 2, 5], torch.Generator().manual_seed(0))
+    backbone = {"_target_": "keypointdet.models.backbones.resnet.ResNet", "depth": 18, "neck_channels": [8, 8, 8]}
+    recipe = CornerNet(backbone, 2, pool_channels=4, loss={"ae_sum_images": 5})
+    paper = CornerNet(backbone, 2, pool_channels=4)
+    terms, paper_terms = recipe.stack_loss(outputs, targets), paper.stack_loss(outputs, targets)
+    pull, push = official_ae_loss(*gathered_embeddings(outputs, targets), targets["mask"])
+    # the official epsilons (1e-4 next to N and N(N-1)) are the only difference
+    assert terms["pull"].item() == pytest.approx(pull.item(), rel=1e-4)
+    assert terms["push"].item() == pytest.approx(push.item(), rel=1e-4)
+    official_total = terms["heatmap"] + 0.1 * pull + 0.1 * push + terms["offset"]
+    assert terms["loss"].item() == pytest.approx(official_total.item(), rel=1e-4)
+    assert terms["pull"].item() == pytest.approx(5 * paper_terms["pull"].item(), rel=1e-6)
+    assert terms["push"].item() == pytest.approx(5 * paper_terms["push"].item(), rel=1e-6)
+
+
+def test_recipe_pull_push_gradients_equal_the_official_ones_with_empty_and_single_object_images():
+    """The official push of a one-object image is a constant (about 1, no gradient), ours is 0: the gradients
+    agree; an image without objects adds nothing to either but counts as one of the device's images."""
+    outputs, targets = corner_batch([0, 1, 3, 2, 4], torch.Generator().manual_seed(1))
+    for corner in ("tl", "br"):
+        outputs[f"{corner}_embedding"].requires_grad_()
+    embeddings = [outputs["tl_embedding"], outputs["br_embedding"]]
+    backbone = {"_target_": "keypointdet.models.backbones.resnet.ResNet", "depth": 18, "neck_channels": [8, 8, 8]}
+    recipe = CornerNet(backbone, 2, pool_channels=4, loss={"ae_sum_images": 5})
+    terms = recipe.stack_loss(outputs, targets)
+    ours = torch.autograd.grad(terms["pull"] + terms["push"], embeddings)
+    pull, push = official_ae_loss(*gathered_embeddings(outputs, targets), targets["mask"])
+    official = torch.autograd.grad(pull + push, embeddings)
+    for mine, theirs in zip(ours, official):
+        torch.testing.assert_close(mine.double(), theirs, rtol=1e-3, atol=1e-6)
+    single_object_push = official_ae_loss(*(tag[1:2] for tag in gathered_embeddings(outputs, targets)),
+                                          targets["mask"][1:2])[1]  # fmt: skip
+    assert single_object_push.item() == pytest.approx(1.0, abs=1e-3)

@@ -1,5 +1,5 @@
 """Exact back-projection: ground truth of images of odd sizes and aspect ratios, encoded through the evaluation
-pipeline (letterbox + each detector's encoder at stride 4), decoded as perfect predictions and mapped back to
+pipeline (letterbox or native resolution + each detector's encoder at stride 4), decoded as perfect predictions and mapped back to
 original pixels, returns the original boxes within 1 pixel (COCO AP 1.0)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from oracles import centernet_oracle, cornernet_oracle, decoded_results
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
 from keypointdet.data.encode import CenterNetEncoder, CornerNetEncoder
-from keypointdet.data.transforms import Letterbox
+from keypointdet.data.transforms import Letterbox, NativeResolution, native_canvas_side
 from keypointdet.detectors import CenterNet, CornerNet
 from keypointdet.metrics import evaluate_detections
 from keypointdet.models.backbones.resnet import ResNet
@@ -48,9 +48,11 @@ def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.parametrize("protocol", ["letterbox", "native"])
 @pytest.mark.parametrize("detector", ["centernet", "cornernet"])
-def test_perfect_predictions_map_back_to_the_original_boxes(odd_dataset: Path, detector: str) -> None:
-    dataset = CocoDetection(odd_dataset / "val.json", odd_dataset, Letterbox(128, 32), stride=4)
+def test_perfect_predictions_map_back_to_the_original_boxes(odd_dataset: Path, detector: str, protocol: str) -> None:
+    transform = Letterbox(128, 32) if protocol == "letterbox" else NativeResolution(32)
+    dataset = CocoDetection(odd_dataset / "val.json", odd_dataset, transform, stride=4)
     backbone = ResNet(18, neck_channels=(16, 16, 16))
     if detector == "centernet":
         dataset.encoder = CenterNetEncoder(num_classes=2)
@@ -72,3 +74,24 @@ def test_perfect_predictions_map_back_to_the_original_boxes(odd_dataset: Path, d
             assert found["category_id"] == expected["category_id"]
     metrics = evaluate_detections(dataset.coco, detections)
     assert metrics["mAP"] == pytest.approx(1.0) and metrics["mAR100"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("multiple", "minus_one"), [(32, False), (128, False), (128, True)])
+def test_native_resolution_keeps_each_image_centred_in_the_official_canvas(
+    odd_dataset: Path, multiple: int, minus_one: bool
+) -> None:
+    dataset = CocoDetection(odd_dataset / "val.json", odd_dataset, NativeResolution(multiple, minus_one), stride=4)
+    plain = CocoDetection(odd_dataset / "val.json", odd_dataset, NativeResolution(1), stride=4)
+    for index, (height, width, _) in enumerate(SIZES):
+        sample = dataset[index]
+        # official: CenterNet (side | (m - 1)) + 1, CornerNet side | 127; the image centred as get_affine_transform
+        expected = [(side | (multiple - 1)) + (0 if minus_one else 1) for side in (height, width)]
+        assert list(sample["image"].shape[-2:]) == expected
+        assert native_canvas_side(height, multiple, minus_one) == expected[0]
+        top, left = expected[0] // 2 - height // 2, expected[1] // 2 - width // 2
+        assert sample["shift"].tolist() == [left, top] and sample["scale"].tolist() == [1.0, 1.0]
+        image = plain[index]["image"]  # canvas = side + 1 with multiple 1: the image at offset (0, 0) or 1 pixel in
+        plain_top, plain_left = (height + 1) // 2 - height // 2, (width + 1) // 2 - width // 2
+        original = image[:, plain_top : plain_top + height, plain_left : plain_left + width]
+        assert torch.equal(sample["image"][:, top : top + height, left : left + width], original)
+        assert sample["image"].abs().sum() == pytest.approx(original.abs().sum())  # zeros elsewhere

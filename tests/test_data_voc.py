@@ -13,7 +13,7 @@ from conftest import write_image
 from keypointdet.data.coco import DataWarning
 from keypointdet.data.transforms import Letterbox
 from keypointdet.data.voc import VOC_CLASSES, VOCDetection, voc_to_coco
-from keypointdet.metrics import evaluate_detections
+from keypointdet.metrics import evaluate_detections, voc07_map50
 from keypointdet.runs.train import train
 
 # (year, name, height, width, objects as (class, difficult, xmin, ymin, xmax, ymax) 1-based inclusive)
@@ -92,6 +92,7 @@ def test_difficult_objects_are_neither_hits_nor_misses(voc_root: Path) -> None:
     for detections in (easy, easy + on_difficult):
         metrics = evaluate_detections(dataset.coco, {image_id: detections})
         assert metrics["mAP"] == pytest.approx(1.0) and metrics["mAP50"] == pytest.approx(1.0)
+        assert voc07_map50(dataset.coco, {image_id: detections}) == pytest.approx(1.0)
 
 
 def test_unreadable_xml_is_named_and_left_out_or_raises(voc_root: Path, tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_both_detectors_train_on_voc(compose_train, voc_root: Path, model: str) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         metrics = train(cfg)
-    assert {"val/mAP", "val/mAP50"} <= set(metrics)
+    assert {"val/mAP", "val/mAP50", "val/mAP50_voc07"} <= set(metrics)  # the VOC2007 11-point AP beside COCO's
 
 
 def test_eval_rebuilds_the_voc_datamodule_of_a_checkpoint(compose_train, voc_root: Path, tmp_path: Path) -> None:

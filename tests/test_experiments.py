@@ -71,6 +71,16 @@ def test_experiment_holds_the_paper_recipe(name: str, compose_as_user: Callable[
         assert (cfg.model.targets.radius_variant, cfg.model.targets.min_overlap) == ("corrected", 0.3)
         assert cfg.model.pool_channels == 128 and cfg.data.input_size == 511
         assert cfg.data.augment.crop_side == "input_size"  # random_crop: 511 x scale
+        # test/coco.py: always flipped, soft-NMS nms_threshold 0.5; _ae_loss summed over each device's images
+        assert cfg.model.tta.flip and list(cfg.model.tta.scales) == [1.0]
+        assert cfg.model.soft_nms_iou_threshold == 0.5 and cfg.model.soft_nms_sigma == 0.5
+        assert cfg.model.loss.ae_sum_images == cfg.data.batch_size
+        assert (cfg.model.loss.pull_weight, cfg.model.loss.push_weight) == (0.1, 0.1)
+    # the official test protocol: each image at its own resolution in the official canvas, one per batch
+    multiple = {"resnet18_dcn": 32, "dla34": 32}.get(paper["backbone"], 128)  # opts.py pad 31 or 127
+    minus_one = name.startswith("cornernet")
+    assert (cfg.data.eval_resize, cfg.data.native_multiple, cfg.data.native_minus_one) == ("native", multiple, minus_one)
+    assert cfg.data.val_batch_size == 1
 
 
 def tiny_files(root: Path) -> list[str]:

@@ -22,6 +22,9 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from keypointdet.detectors import KeypointDetector, build_detector
 from keypointdet.io import write_atomically
+from keypointdet.log import get_logger
+
+log = get_logger(__name__)
 
 METADATA_KEY = "keypointdet"
 PREFIX = "detector."
@@ -114,3 +117,53 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if non_finite:
             raise CheckpointError(f"not writing {path}: non-finite weights in {', '.join(non_finite[:5])}")
         write_atomically(path, lambda file: torch.save(checkpoint, file))
+
+
+def initialise_from(detector: KeypointDetector, path: str | Path) -> dict[str, list[str]]:
+    """Start ``detector`` from the weights of a checkpoint of this repository (``model.init_from``, fine-tuning).
+
+    Every tensor whose name and shape match is loaded. When the classes differ (names, or their order), the
+    heatmaps' last layers (:meth:`KeypointDetector.class_layers`) keep their fresh initialisation (prior
+    bias) except for the classes whose names the checkpoint also has: those rows of the weight and bias are
+    copied from the checkpoint's channel of the same name. No optimizer state or epoch is read (that is
+    resuming, ``ckpt_path``). Logs and returns the tensor names ``loaded``, ``not_in_checkpoint`` (left at their
+    initialisation), ``ignored`` (checkpoint tensors of other names or shapes) and the class names ``kept`` and
+    ``reinitialised``.
+    """
+    checkpoint = load_checkpoint(path)
+    source_names = list(checkpoint_metadata(checkpoint, path)["detector"]["class_names"])
+    source = {key.removeprefix(PREFIX): value for key, value in checkpoint["state_dict"].items() if key.startswith(PREFIX)}
+    target = detector.state_dict()
+    class_tensors = {f"{layer}.{kind}" for layer in detector.class_layers() for kind in ("weight", "bias")}
+    same_classes = source_names == detector.class_names
+    source_row = {name: row for row, name in enumerate(source_names)}
+    kept = [name for name in detector.class_names if name in source_row]
+    loaded, ignored = {}, []
+    for key, value in source.items():
+        if key not in target or target[key].shape[1:] != value.shape[1:]:
+            ignored.append(key)
+        elif key in class_tensors and not same_classes:
+            if kept:  # otherwise the whole layer stays at its fresh initialisation
+                rows = target[key].clone()
+                for row, name in enumerate(detector.class_names):
+                    if name in source_row:
+                        rows[row] = value[source_row[name]]
+                loaded[key] = rows
+        elif target[key].shape == value.shape:
+            loaded[key] = value
+        else:
+            ignored.append(key)
+    detector.load_state_dict(loaded, strict=False)
+    summary = {
+        "loaded": list(loaded),
+        "not_in_checkpoint": [key for key in target if key not in loaded],
+        "ignored": ignored,
+        "kept": detector.class_names if same_classes else kept,
+        "reinitialised": [] if same_classes else [name for name in detector.class_names if name not in source_row],
+    }
+    log.info(
+        f"model.init_from={path}: {len(loaded)} of {len(target)} tensors loaded; classes kept from the checkpoint "
+        f"{summary['kept']}, re-initialised with the prior bias {summary['reinitialised']}; left at their "
+        f"initialisation {summary['not_in_checkpoint']}; checkpoint tensors ignored {ignored}"
+    )
+    return summary

@@ -213,9 +213,11 @@ def cornernet_decode(  # the arguments of cornernet_pairs, then of the soft-NMS
     tl_heatmap: Tensor, br_heatmap: Tensor, tl_embedding: Tensor, br_embedding: Tensor, tl_offset: Tensor,
     br_offset: Tensor, k: int = 100, ae_threshold: float = 0.5, num_dets: int = 1000, soft_nms_sigma: float = 0.5,
     soft_nms_method: Literal["gaussian", "linear"] = "gaussian", max_dets: int = 100,
+    soft_nms_iou_threshold: float = 0.5,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Boxes from CornerNet's raw head outputs: :func:`cornernet_pairs`, then per-class soft-NMS, which
-    keeps the best ``max_dets``.
+    keeps the best ``max_dets`` (``soft_nms_iou_threshold``: the linear method's IoU threshold, official
+    CornerNet ``nms_threshold`` 0.5; the gaussian method decays every overlap).
 
     Returns:
         ``boxes [B, max_dets, 4]`` xyxy in output pixels, ``scores [B, max_dets]`` (descending; 0 for
@@ -224,7 +226,7 @@ def cornernet_decode(  # the arguments of cornernet_pairs, then of the soft-NMS
     pairs = cornernet_pairs(
         tl_heatmap, br_heatmap, tl_embedding, br_embedding, tl_offset, br_offset, k, ae_threshold, num_dets
     )
-    return soft_nms(*pairs, soft_nms_sigma, soft_nms_method, max_dets=max_dets)
+    return soft_nms(*pairs, soft_nms_sigma, soft_nms_method, soft_nms_iou_threshold, max_dets=max_dets)
 
 
 def mirror_boxes(boxes: Tensor, width: float) -> Tensor:

@@ -33,6 +33,9 @@ STAT_NAMES = (
     "mAR_large",
 )
 
+# Pascal VOC2007's AP at IoU 0.5 with 11-point interpolation, reported next to STAT_NAMES when asked for.
+VOC07_NAME = "mAP50_voc07"
+
 Detection = dict[str, Any]  # COCO results entry: image_id, category_id, bbox [x, y, w, h], score
 
 
@@ -48,14 +51,20 @@ class CocoMeanAveragePrecision(Metric):
         ground_truth: the validation annotations, or a callable returning them (read when first needed).
         category_ids: dataset category id of each label.
         max_detections: detections per image (the detector's ``max_detections``); fewer are zero-padded.
+        voc07: also report :data:`VOC07_NAME`, Pascal VOC2007's 11-point AP at IoU 0.5 (:func:`voc07_map50`).
     """
 
     full_state_update = False
 
     def __init__(
-        self, ground_truth: COCO | Callable[[], COCO], category_ids: Sequence[int], max_detections: int = 100
+        self,
+        ground_truth: COCO | Callable[[], COCO],
+        category_ids: Sequence[int],
+        max_detections: int = 100,
+        voc07: bool = False,
     ) -> None:
         super().__init__()
+        self.voc07 = voc07
         self._ground_truth = ground_truth
         self.category_ids = list(category_ids)
         self.max_detections = max_detections
@@ -81,7 +90,7 @@ class CocoMeanAveragePrecision(Metric):
         self.labels.append(F.pad(labels.long(), (0, padding)))
 
     def compute(self) -> dict[str, float]:
-        """COCO metrics (``STAT_NAMES``) plus ``AP/<class name>`` per category."""
+        """COCO metrics (``STAT_NAMES``) plus ``AP/<class name>`` per category (and :data:`VOC07_NAME`)."""
         image_ids, boxes, scores, labels = (
             dim_zero_cat(state).cpu() for state in (self.image_ids, self.boxes, self.scores, self.labels)
         )
@@ -91,8 +100,10 @@ class CocoMeanAveragePrecision(Metric):
             for row in first.tolist()
         }
         self.results = [detection for image_id in sorted(detections) for detection in detections[image_id]]
-        return evaluate_detections(self.ground_truth, detections)
-
+        metrics = evaluate_detections(self.ground_truth, detections)
+        if self.voc07:
+            metrics[VOC07_NAME] = voc07_map50(self.ground_truth, detections)
+        return metrics
 
 
 def coco_results(
@@ -138,6 +149,75 @@ def evaluate_detections(ground_truth: COCO, detections: dict[int, list[Detection
     return metrics
 
 
+def voc07_average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """VOC2007's 11-point AP: the mean over ``t = 0, 0.1, ..., 1`` of the best precision at recall >= ``t``
+    (0 when that recall is never reached); ``recall``, ``precision`` ``[D]`` along the ranked detections."""
+    points = [precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.linspace(0, 1, 11)]
+    return float(np.mean(points))
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of xyxy ``box [4]`` with ``boxes [N, 4]`` (continuous pixels: VOC's inclusive ``+ 1`` is in the boxes)."""
+    width = (np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])).clip(min=0)
+    height = (np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])).clip(min=0)
+    intersection = width * height
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return intersection / ((box[2] - box[0]) * (box[3] - box[1]) + areas - intersection)
+
+
+def voc07_map50(ground_truth: COCO, detections: dict[int, list[Detection]]) -> float:
+    """Pascal VOC2007 mAP at IoU 0.5 (``voc_eval.py`` with ``use_07_metric``, the official CenterNet ``reval.py``).
+
+    Per category, over the images of ``detections``: detections ranked by score (ties as
+    :func:`evaluate_detections`), each matched to the ground-truth box of its image it overlaps most; IoU
+    above 0.5 with a box not yet matched is a hit, with one already matched a false positive, and with a
+    crowd (VOC ``difficult``) box neither; the rest are false positives. Crowd boxes are not counted as
+    positives. The 11-point AP (:func:`voc07_average_precision`) is averaged over the categories that have
+    positives.
+    """
+    image_ids = sorted(detections)
+    ranked = sorted(
+        (det for image_id in image_ids for det in detections[image_id]),
+        key=lambda det: (-det["score"], det["image_id"], det["category_id"], *det["bbox"]),
+    )
+    average_precisions = []
+    for category_id in ground_truth.getCatIds():
+        truth = {}
+        for ann in ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=image_ids, catIds=[category_id])):
+            boxes, difficult = truth.setdefault(ann["image_id"], ([], []))
+            boxes.append(_xyxy(ann["bbox"]))
+            difficult.append(bool(ann.get("iscrowd", 0)))
+        truth = {image_id: (np.array(b, dtype=np.float64), np.array(d)) for image_id, (b, d) in truth.items()}
+        num_positives = sum(int((~difficult).sum()) for _, difficult in truth.values())
+        if num_positives == 0:
+            continue
+        matched = {image_id: np.zeros(len(boxes), dtype=bool) for image_id, (boxes, _) in truth.items()}
+        hits = []
+        for det in (det for det in ranked if det["category_id"] == category_id):
+            boxes, difficult = truth.get(det["image_id"], (np.zeros((0, 4)), np.zeros(0, dtype=bool)))
+            overlaps = _iou(np.array(_xyxy(det["bbox"])), boxes) if len(boxes) else np.zeros(0)
+            best = int(overlaps.argmax()) if len(overlaps) else -1
+            if best >= 0 and overlaps[best] > 0.5:
+                if difficult[best]:
+                    continue
+                hits.append(not matched[det["image_id"]][best])
+                matched[det["image_id"]][best] = True
+            else:
+                hits.append(False)
+        true_positives = np.cumsum(hits, dtype=np.float64)
+        false_positives = np.cumsum(np.logical_not(hits), dtype=np.float64)
+        recall = true_positives / num_positives
+        precision = true_positives / np.maximum(true_positives + false_positives, np.finfo(np.float64).eps)
+        average_precisions.append(voc07_average_precision(recall, precision))
+    return float(np.mean(average_precisions)) if average_precisions else 0.0
+
+
+def _xyxy(box: Sequence[float]) -> list[float]:
+    """COCO ``[x, y, width, height]`` -> ``[x1, y1, x2, y2]``."""
+    x, y, width, height = box
+    return [x, y, x + width, y + height]
+
+
 def _per_class_ap(evaluation: COCOeval, category_names: dict[int, str]) -> dict[str, float]:
     """AP@[.5:.95] per category (all areas, 100 detections); -1 for a category with no ground truth."""
     precision = evaluation.eval["precision"]  # [IoU thresholds, recall points, categories, areas, max dets]
@@ -151,6 +231,6 @@ def _per_class_ap(evaluation: COCOeval, category_names: dict[int, str]) -> dict[
 
 def format_table(metrics: dict[str, float]) -> str:
     """A plain-text table of the COCO metrics followed by per-class AP."""
-    lines = [f"{name:>12s}  {metrics[name]:.4f}" for name in STAT_NAMES if name in metrics]
+    lines = [f"{name:>12s}  {metrics[name]:.4f}" for name in (*STAT_NAMES, VOC07_NAME) if name in metrics]
     lines += [f"{name:>12s}  {value:.4f}" for name, value in metrics.items() if name.startswith("AP/")]
     return "\n".join(lines)

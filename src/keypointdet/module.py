@@ -40,6 +40,7 @@ class DetectionModule(pl.LightningModule):
             takes ``total_steps``, the trainer's estimated number of steps.
         scheduler_interval: ``"step"`` or ``"epoch"``.
         tta: ``flip`` and ``scales`` of :class:`TestTimeAugmentation` for validation.
+        voc07: also log ``val/mAP50_voc07`` (Pascal VOC2007's 11-point AP at IoU 0.5).
     """
 
     def __init__(
@@ -51,10 +52,11 @@ class DetectionModule(pl.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_interval: str = "epoch",
         tta: Mapping[str, Any] | None = None,
+        voc07: bool = False,
     ) -> None:
         super().__init__()
         self.detector = detector
-        self.metric = CocoMeanAveragePrecision(ground_truth, detector.category_ids, detector.max_detections)
+        self.metric = CocoMeanAveragePrecision(ground_truth, detector.category_ids, detector.max_detections, voc07)
         self.input_record = dict(input_record)
         self.optimizer_config = plain(optimizer) if optimizer else None
         self.scheduler_config = plain(scheduler) if scheduler else None

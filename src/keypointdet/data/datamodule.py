@@ -27,7 +27,14 @@ from torch.utils.data import DataLoader, Sampler, default_collate
 
 from keypointdet.data.coco import CocoDetection, Encoder, Transform
 from keypointdet.data.synthetic import generate_dataset
-from keypointdet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Letterbox, TrainTransform
+from keypointdet.data.transforms import (
+    EVAL_RESIZES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Letterbox,
+    NativeResolution,
+    TrainTransform,
+)
 from keypointdet.data.voc import VOC_CLASSES, VOCDetection, parse_set
 
 
@@ -72,7 +79,13 @@ class BaseDetectionDataModule(pl.LightningDataModule):
     """Train / val dataloaders over a detection dataset; subclasses say where the data is.
 
     Args:
-        input_size: side of the square training input; evaluation resizes the long side to it.
+        input_size: side of the square training input; the ``letterbox`` evaluation resizes the long side to it.
+        eval_resize: the evaluation protocol: ``letterbox`` (long side to ``input_size``, padded bottom / right to
+            the backbone's size divisor) or ``native`` (the official tests: each image at its own resolution,
+            centred in a canvas of :func:`~keypointdet.data.transforms.native_canvas_side`).
+        native_multiple, native_minus_one: that canvas, per side the smallest multiple of ``native_multiple``
+            above the image side (minus one with ``native_minus_one``): official CenterNet ``--keep_res`` 32
+            (ResNet, DLA) or 128 (hourglass); CornerNet 128 minus one (``side | 127``).
         batch_size, val_batch_size: training / evaluation batch (``val_batch_size`` defaults to ``batch_size``).
         augment: keyword arguments of :class:`TrainTransform` (scales, border, flip, color_jitter, lighting).
         mean, std: normalisation (0-1 scale, RGB).
@@ -92,8 +105,13 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         seed: int | None = None,
         strict: bool = False,
+        eval_resize: str = "letterbox",
+        native_multiple: int = 32,
+        native_minus_one: bool = False,
     ) -> None:
         super().__init__()
+        if eval_resize not in EVAL_RESIZES:
+            raise ValueError(f"data.eval_resize must be one of {EVAL_RESIZES}, got {eval_resize!r}")
         # also records the arguments of the subclass being constructed
         self.save_hyperparameters(logger=False)
         self.seed = int(torch.randint(2**31, ())) if seed is None else int(seed)
@@ -102,6 +120,9 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         self.size_divisor = 32
         self.train_dataset: CocoDetection | None = None
         self.val_dataset: CocoDetection | None = None
+
+    # whether its evaluation also reports Pascal VOC2007's 11-point AP at IoU 0.5 (val/mAP50_voc07)
+    voc07_metric = False
 
     def categories(self) -> list[dict[str, Any]]:
         """The dataset's categories (``id``, ``name``) sorted by id: label ``i`` is the ``i``-th."""
@@ -139,11 +160,21 @@ class BaseDetectionDataModule(pl.LightningDataModule):
             augment = self.hparams.augment or {}
             train_transform = TrainTransform(self.hparams.input_size, mean=mean, std=std, **augment)
             self.train_dataset = self.make_dataset("train", train_transform, self.encoder)
-        self.val_dataset = self.make_dataset(
-            "val", Letterbox(self.hparams.input_size, self.size_divisor, mean, std), None
-        )
+        self.val_dataset = self.make_dataset("val", self.eval_transform(), None)
         if self.train_dataset is not None and self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(f"{self.train_dataset.source} and {self.val_dataset.source} list different category ids")
+
+    def eval_transform(self) -> Letterbox | NativeResolution:
+        """The evaluation transform that ``data.eval_resize`` selects (validation during training and eval.py)."""
+        mean, std = self.hparams.mean, self.hparams.std
+        if self.hparams.eval_resize == "letterbox":
+            return Letterbox(self.hparams.input_size, self.size_divisor, mean, std)
+        if self.hparams.native_multiple % self.size_divisor:
+            raise ValueError(
+                f"data.native_multiple={self.hparams.native_multiple} must be a multiple of the backbone's "
+                f"{self.size_divisor}"
+            )
+        return NativeResolution(self.hparams.native_multiple, self.hparams.native_minus_one, mean, std)
 
     def train_dataloader(self) -> DataLoader:
         if self.encoder is None:
@@ -235,7 +266,7 @@ class DetectionDataModule(BaseDetectionDataModule):
 
 
 class VOCDataModule(BaseDetectionDataModule):
-    """Pascal VOC in the ``VOCdevkit`` layout, evaluated with COCO's mAP (and AP50, the VOC metric).
+    """Pascal VOC in the ``VOCdevkit`` layout, evaluated with COCO's mAP, AP50 and VOC2007's 11-point AP50.
 
     Args:
         root: the ``VOCdevkit`` folder (holding ``VOC2007``, ``VOC2012``).
@@ -243,6 +274,8 @@ class VOCDataModule(BaseDetectionDataModule):
             and ``["2007/test"]`` (the usual protocol).
         **kwargs: see :class:`BaseDetectionDataModule`.
     """
+
+    voc07_metric = True
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""Image + box transforms: the papers' training augmentation (albumentations) and the evaluation letterbox.
+"""Image + box transforms: the papers' training augmentation (albumentations) and the evaluation transforms
+(:class:`Letterbox` to the input size, or :class:`NativeResolution` as the official tests).
 
 Every transform returns the image as a normalised ``[3, H, W]`` float tensor, boxes ``[N, 4]``
 xyxy in input pixels, and how input pixels relate to original ones: ``input = original * scale + shift``
@@ -251,4 +252,51 @@ class Letterbox:
             "labels": labels,
             "scale": scale,
             "shift": np.zeros(2),
+        }
+
+
+# How the evaluation transform resizes (``data.eval_resize``): the long side to ``input_size``, or not at all.
+EVAL_RESIZES = ("letterbox", "native")
+
+
+def native_canvas_side(side: int, multiple: int, minus_one: bool = False) -> int:
+    """The official test's padded side of an image side: the smallest multiple of ``multiple`` above ``side``
+    (CenterNet ``--keep_res``: ``(side | (multiple - 1)) + 1``), minus one with ``minus_one`` (CornerNet:
+    ``side | 127``). Note a side that is already a multiple still gets a whole ``multiple`` of padding."""
+    return round_up(side + 1, multiple) - int(minus_one)
+
+
+class NativeResolution:
+    """Evaluation transform of the official tests: the image at its own resolution, centred in a zero canvas
+    of :func:`native_canvas_side` per axis (offset ``canvas // 2 - side // 2``, as the official
+    ``get_affine_transform`` / ``crop_image``), with ``scale = 1`` and that offset as ``shift`` recorded."""
+
+    def __init__(
+        self,
+        multiple: int = 32,
+        minus_one: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.multiple, self.minus_one = multiple, minus_one
+        self.mean, self.std = mean, std
+
+    def set_random_seed(self, seed: int) -> None:
+        """Deterministic: nothing to seed."""
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """``image [H, W, 3]`` uint8 RGB -> centred in its canvas, boxes in input pixels, ``scale``, ``shift``."""
+        height, width = image.shape[:2]
+        canvas_height = native_canvas_side(height, self.multiple, self.minus_one)
+        canvas_width = native_canvas_side(width, self.multiple, self.minus_one)
+        top, left = canvas_height // 2 - height // 2, canvas_width // 2 - width // 2
+        canvas = torch.zeros((3, canvas_height, canvas_width))
+        canvas[:, top : top + height, left : left + width] = _normalise(image, self.mean, self.std)
+        shift = np.array([left, top], dtype=np.float64)
+        return {
+            "image": canvas,
+            "boxes": boxes.reshape(-1, 4) + np.tile(shift, 2),
+            "labels": labels,
+            "scale": np.ones(2),
+            "shift": shift,
         }

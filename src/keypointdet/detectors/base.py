@@ -68,15 +68,16 @@ class KeypointDetector(nn.Module):
         category_ids: dataset category id of each label (default ``1..num_classes``).
         class_names: name of each label (default: the category ids).
         max_detections: detections per image of :meth:`decode` and of a test-time-augmented merge.
-        soft_nms_sigma, soft_nms_method: the soft-NMS that merges candidate sets.
+        soft_nms_sigma, soft_nms_method, soft_nms_iou_threshold: the soft-NMS that merges candidate sets (the
+            threshold is the linear method's; the gaussian one decays every overlap).
     """
 
     name: str  # the key of this class in keypointdet.detectors.DETECTORS
 
-    def __init__(  # the first four arguments are every detector's; subclasses set the last three
+    def __init__(  # the first four arguments are every detector's; subclasses set the last four
         self, backbone: nn.Module | Mapping[str, Any], num_classes: int, category_ids: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None, max_detections: int = 100, soft_nms_sigma: float = 0.5,
-        soft_nms_method: str = "gaussian",
+        soft_nms_method: str = "gaussian", soft_nms_iou_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         self.backbone_config = None if isinstance(backbone, nn.Module) else plain(backbone)
@@ -89,6 +90,7 @@ class KeypointDetector(nn.Module):
         self.max_detections = max_detections
         self.soft_nms_sigma = soft_nms_sigma
         self.soft_nms_method = soft_nms_method
+        self.soft_nms_iou_threshold = soft_nms_iou_threshold
         self.stride: int = self.backbone.stride
         self.size_divisor: int = self.backbone.size_divisor
         self.encoder: TargetEncoder
@@ -110,6 +112,10 @@ class KeypointDetector(nn.Module):
         """The constructor arguments that are not common to every detector (for :meth:`config`)."""
         raise NotImplementedError
 
+    def class_layers(self) -> list[str]:
+        """Names of the convolutions with one output channel per class (the heatmaps' last layers)."""
+        raise NotImplementedError
+
     # --- shared --------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> list[Outputs]:
         """``images [B, 3, H, W]`` -> the raw head outputs of every stack (the last one is used at inference)."""
@@ -123,7 +129,11 @@ class KeypointDetector(nn.Module):
     def merge(self, sets: Sequence[Detections]) -> Detections:
         """Candidate sets of the same images (same pixels) -> the best ``max_detections`` after soft-NMS."""
         return soft_nms(
-            *concatenate(sets), sigma=self.soft_nms_sigma, method=self.soft_nms_method, max_dets=self.max_detections
+            *concatenate(sets),
+            sigma=self.soft_nms_sigma,
+            method=self.soft_nms_method,
+            iou_threshold=self.soft_nms_iou_threshold,
+            max_dets=self.max_detections,
         )
 
     def decode(self, outputs: Outputs) -> Detections:

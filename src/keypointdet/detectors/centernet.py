@@ -75,6 +75,9 @@ class CenterNet(KeypointDetector):
         size = (outputs["size"].float() + mirrored["size"].float().flip(-1)) / 2
         return [centernet_decode_scores(scores, size, outputs["offset"], k=self.max_detections)]
 
+    def class_layers(self) -> list[str]:
+        return [f"heads.{i}.heatmap.{len(head.heatmap) - 1}" for i, head in enumerate(self.heads)]
+
     def settings(self) -> dict[str, Any]:
         return {
             "head_channels": self.head_channels,

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from keypointdet.data.encode import CornerNetEncoder
@@ -19,11 +20,19 @@ CORNER_OUTPUTS = ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding", "t
 
 @dataclass(frozen=True)
 class CornerNetLoss(FocalLossSettings):
-    """The focal loss on both heatmaps; pull / push embedding and smooth-L1 offset weights."""
+    """The focal loss on both heatmaps; pull / push embedding and smooth-L1 offset weights.
+
+    ``ae_sum_images`` says how pull and push are normalised. None: averaged over the images that have
+    objects (the paper's formula). A number ``n``: the official code's reduction, which sums them over the
+    images of each GPU and averages over GPUs, i.e. ``n`` times their mean over all the images of the global
+    batch when each GPU holds ``n`` images (the recipe sets ``n`` to its per-device batch). Either way the
+    normaliser is averaged over devices, so the loss does not depend on how the batch is split.
+    """
 
     pull_weight: float = 0.1
     push_weight: float = 0.1
     offset_weight: float = 1.0
+    ae_sum_images: float | None = None
 
 
 class CornerNet(KeypointDetector):
@@ -38,7 +47,8 @@ class CornerNet(KeypointDetector):
         k: corners of each kind kept before pairing.
         ae_threshold: largest embedding distance of a pair.
         num_dets: best pairs kept before soft-NMS.
-        soft_nms_sigma, soft_nms_method: the soft-NMS of the pairs.
+        soft_nms_sigma, soft_nms_method, soft_nms_iou_threshold: the per-class soft-NMS of the pairs (official:
+            ``exp_soft_nms`` with sigma 0.5, or ``linear_soft_nms`` above the IoU ``nms_threshold`` 0.5).
         max_dets: detections per image after soft-NMS.
     """
 
@@ -60,9 +70,11 @@ class CornerNet(KeypointDetector):
         soft_nms_sigma: float = 0.5,
         soft_nms_method: str = "gaussian",
         max_dets: int = 100,
+        soft_nms_iou_threshold: float = 0.5,
     ) -> None:
         super().__init__(
-            backbone, num_classes, category_ids, class_names, max_dets, soft_nms_sigma, soft_nms_method
+            backbone, num_classes, category_ids, class_names, max_dets, soft_nms_sigma, soft_nms_method,
+            soft_nms_iou_threshold,
         )
         self.head_channels, self.pool_channels = head_channels, pool_channels
         self.k, self.ae_threshold, self.num_dets = k, ae_threshold, num_dets
@@ -86,9 +98,16 @@ class CornerNet(KeypointDetector):
                 outputs[f"{corner}_offset"], index, mask, targets[f"{corner}_offset"], "smooth_l1", num_objects
             )
             embeddings.append(gather_at(outputs[f"{corner}_embedding"], index)[..., 0])
-        pull, push = ae_loss(*embeddings, mask, mean_count_over_devices(mask.any(dim=1).sum()))
+        pull, push = ae_loss(*embeddings, mask, self.embedding_normaliser(mask))
         loss = heatmap + weights.pull_weight * pull + weights.push_weight * push + weights.offset_weight * offset
         return {"loss": loss, "heatmap": heatmap, "pull": pull, "push": push, "offset": offset}
+
+    def embedding_normaliser(self, mask: Tensor) -> Tensor:
+        """What the summed pull and push of a batch (``mask [B, M]``) are divided by (:class:`CornerNetLoss`)."""
+        if self.loss_weights.ae_sum_images is None:
+            return mean_count_over_devices(mask.any(dim=1).sum())
+        num_images = mean_count_over_devices(torch.tensor(float(mask.shape[0]), device=mask.device))
+        return num_images / self.loss_weights.ae_sum_images
 
     def candidates(self, outputs: Outputs) -> Detections:
         """The best ``num_dets`` corner pairs before soft-NMS: the pairs of every test-time view are
@@ -101,6 +120,13 @@ class CornerNet(KeypointDetector):
         boxes, scores, labels = self.candidates(mirrored)
         return [self.candidates(outputs), (mirror_boxes(boxes, outputs["tl_heatmap"].shape[-1]), scores, labels)]
 
+    def class_layers(self) -> list[str]:
+        return [
+            f"heads.{i}.heatmaps.{corner}.{len(branch) - 1}"
+            for i, head in enumerate(self.heads)
+            for corner, branch in head.heatmaps.items()
+        ]
+
     def settings(self) -> dict[str, Any]:
         return {
             "head_channels": self.head_channels,
@@ -112,5 +138,6 @@ class CornerNet(KeypointDetector):
             "num_dets": self.num_dets,
             "soft_nms_sigma": self.soft_nms_sigma,
             "soft_nms_method": self.soft_nms_method,
+            "soft_nms_iou_threshold": self.soft_nms_iou_threshold,
             "max_dets": self.max_detections,
         }

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from keypointdet.callbacks import LatestCheckpoint
-from keypointdet.checkpoints import load_checkpoint
+from keypointdet.checkpoints import initialise_from, load_checkpoint
 from keypointdet.config_checks import check_training_config
 from keypointdet.data.datamodule import BaseDetectionDataModule
 from keypointdet.detectors import KeypointDetector
@@ -120,12 +120,17 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 # Keys of ``model`` that configure training and evaluation; the others are the detector's arguments.
-TRAINING_KEYS = ("optimizer", "scheduler", "scheduler_interval", "tta")
+TRAINING_KEYS = ("optimizer", "scheduler", "scheduler_interval", "tta", "init_from")
 
 
 def build_detector(model: DictConfig, backbone: DictConfig, categories: list[dict[str, Any]]) -> KeypointDetector:
     """The detector of ``model`` (its ``_target_`` and arguments) on ``backbone``, with the dataset's classes."""
-    arguments = {key: value for key, value in model.items() if key not in TRAINING_KEYS}
+    # resolved here: once copied out of the config tree, interpolations such as ${data.batch_size} cannot be
+    arguments = {
+        key: OmegaConf.to_container(model[key], resolve=True) if OmegaConf.is_config(model[key]) else model[key]
+        for key in model
+        if key not in TRAINING_KEYS
+    }
     return instantiate(
         arguments,
         _recursive_=False,
@@ -142,6 +147,8 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
     datamodule: BaseDetectionDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     detector = build_detector(cfg.model, cfg.backbone, datamodule.categories())
+    if cfg.model.get("init_from"):
+        initialise_from(detector, cfg.model.init_from)
     datamodule.configure_targets(detector.encoder, detector.stride, detector.size_divisor)
     model = DetectionModule(
         detector,
@@ -151,6 +158,7 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         scheduler=cfg.model.get("scheduler"),
         scheduler_interval=cfg.model.get("scheduler_interval", "epoch"),
         tta=cfg.model.get("tta"),
+        voc07=datamodule.voc07_metric,
     )
     if cfg.get("logger") and "wandb" in cfg.logger:
         default_wandb_mode()
