@@ -16,7 +16,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from keypointdet.callbacks import SweepSummary, WandbValidationImages, overlay
+from keypointdet.callbacks import WandbValidationImages, overlay
+from keypointdet.sweeps import SweepSummary
 from keypointdet.data.datamodule import collate
 from keypointdet.inference import detect_batch
 from keypointdet.runs.train import build
