@@ -46,7 +46,8 @@ def peak_nms(heatmap: Tensor, kernel: int = 3, suppressed: float = 0.0) -> Tenso
 
 
 def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest entries of each row of ``values [B, N]`` -> ``(values [B, k], indices [B, k])``.
+    """The ``k`` largest entries of each row of ``values [B, N]`` -> ``(values [B, k], indices [B, k])``
+    (all ``N`` when ``k > N``).
 
     Descending, equal values in ascending index order: a canonical order (``torch.topk``'s order of ties
     is implementation-defined), the one of ONNX's ``TopK``, so exported decoders give the same detections.
@@ -65,9 +66,8 @@ def topk_peaks(heatmap: Tensor, k: int) -> Peaks:
     their values sorted.
     """
     batch, classes, height, width = heatmap.shape
-    k = min(k, classes * height * width)
     rows = heatmap.reshape(batch, classes * height, width)
-    _, best_rows = top_k(rows.amax(dim=2), min(k, classes * height))
+    _, best_rows = top_k(rows.amax(dim=2), k)
     best_rows = best_rows.sort(dim=1).values  # map order, so that ties among the candidates stay in map order
     candidates = rows.gather(1, best_rows.unsqueeze(2).expand(-1, -1, width)).flatten(1)
     scores, pick = top_k(candidates, k)
@@ -191,7 +191,9 @@ def soft_nms(
     selected_scores = scores.new_zeros(batch, max_dets)
     found = torch.zeros(batch, max_dets, dtype=torch.bool, device=scores.device)
     for step in range(min(num_candidates, max_dets)):
-        if not alive.any():  # every image is done (one host sync per step, at most max_dets steps)
+        # Every image done: stop (one host sync per step). An exported graph runs every step instead;
+        # steps after the last selection change nothing.
+        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()) and not alive.any():
             break
         found[:, step] = alive.any(dim=1)
         best_score, best = torch.where(alive, current, float("-inf")).max(dim=1)
@@ -251,7 +253,7 @@ def cornernet_pairs(
         | (br_ys.unsqueeze(1) < tl_ys.unsqueeze(2))
     )
     pair_scores = torch.where(rejected, -1.0, (tl.scores.unsqueeze(2) + br.scores.unsqueeze(1)) / 2).flatten(1)
-    scores, pairs = top_k(pair_scores, min(num_dets, pair_scores.shape[1]))
+    scores, pairs = top_k(pair_scores, num_dets)
     tl_pick, br_pick = torch.div(pairs, br.scores.shape[1], rounding_mode="floor"), pairs % br.scores.shape[1]
     boxes = torch.stack(
         [tl_xs.gather(1, tl_pick), tl_ys.gather(1, tl_pick), br_xs.gather(1, br_pick), br_ys.gather(1, br_pick)], dim=-1
