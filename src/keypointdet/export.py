@@ -87,8 +87,8 @@ def onnx_stable_sort(self: Any, stable: bool | None = None, dim: int = -1, desce
     return op.TopK(self, count, axis=dim, largest=int(descending), sorted=1)
 
 
-def metadata(detector: KeypointDetector, outputs: str) -> dict[str, str]:
-    """What a runtime needs besides the graph, as JSON strings: the outputs, the classes (``class_names``,
+def metadata(detector: KeypointDetector, outputs: str) -> dict[str, Any]:
+    """What a runtime needs besides the graph (stored as JSON): the outputs, the classes (``class_names``,
     ``category_ids``), the letterbox (``input_size``, ``mean``, ``std``, ``size_divisor``) and ``stride``."""
     letterbox = getattr(detector, "letterbox", None)
     values: dict[str, Any] = {
@@ -101,7 +101,7 @@ def metadata(detector: KeypointDetector, outputs: str) -> dict[str, str]:
     }
     if letterbox is not None:
         values |= {"input_size": letterbox.input_size, "mean": list(letterbox.mean), "std": list(letterbox.std)}
-    return {key: json.dumps(value) for key, value in values.items()}
+    return values
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -155,7 +155,7 @@ def export(
                 custom_translation_table={torch.ops.aten.sort.stable: onnx_stable_sort},
             )  # fmt: skip
             model = program.model_proto
-            onnx.helper.set_model_props(model, properties)
+            onnx.helper.set_model_props(model, {key: json.dumps(value) for key, value in properties.items()})
             onnx.save(model, str(path))
     return path
 
