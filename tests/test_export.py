@@ -87,6 +87,7 @@ def test_metadata_carries_classes_and_letterbox(checkpoint, tmp_path):
     assert (values["detector"], values["outputs"], values["stride"]) == (name, "detections", detector.stride)
 
 
+@pytest.mark.slow  # one more ONNX export: about 30 s on 2 shared cores
 def test_raw_maps_export_at_any_size(checkpoint, tmp_path):
     name, ckpt_path = checkpoint
     if name == "cornernet":
@@ -119,6 +120,7 @@ def test_export_rejects_unknown_format_outputs_and_missing_arguments(checkpoint,
         main([f"ckpt_path={ckpt_path}"])
 
 
+@pytest.mark.slow  # a fresh process and an export: 25-45 s on 2 shared cores
 def test_export_command_line_as_documented(checkpoint, tmp_path):
     _, ckpt_path = checkpoint
     output = tmp_path / "model.pt"
