@@ -164,3 +164,12 @@ def test_cuda_matches_cpu(direction: str) -> None:
         grads.append(torch.autograd.grad(out, xd, grad_out.to(device))[0].cpu())
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
     torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("direction", ["top", "left", "bottom", "right"])
+def test_traced_corner_pool_equals_eager_at_other_sizes(direction: str) -> None:
+    # torch.jit.trace records the export path (a fixed number of doubling steps), traced at one size
+    traced = torch.jit.trace(lambda x: corner_pool(x, direction), torch.randn(1, 2, 5, 7), check_trace=False)
+    for shape in [(2, 3, 1, 9), (1, 2, 33, 40), (2, 1, 70, 3)]:
+        x = torch.randint(-4, 5, shape).float()  # ties everywhere
+        torch.testing.assert_close(traced(x), corner_pool(x, direction), rtol=0, atol=0)

@@ -18,16 +18,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from keypointdet.sizes import letterbox_size, round_up
 
-def round_up(value: int, multiple: int) -> int:
-    """The smallest multiple of ``multiple`` that is at least ``value``."""
-    return -(-value // multiple) * multiple
-
-
-def letterbox_size(height: int, width: int, input_size: int) -> tuple[int, int]:
-    """``(height, width)`` of an image whose long side is resized to ``input_size`` (sides rounded, at least 1)."""
-    ratio = input_size / max(height, width)
-    return max(1, round(height * ratio)), max(1, round(width * ratio))
+__all__ = ["BoxMapping", "letterbox_size", "round_up", "xywh_to_xyxy", "xyxy_to_xywh"]
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:

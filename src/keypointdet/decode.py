@@ -25,37 +25,81 @@ class Peaks(NamedTuple):
     ys: Tensor
 
 
-def peak_nms(heatmap: Tensor, kernel: int = 3) -> Tensor:
-    """Zero every value of ``heatmap [B, C, H, W]`` that is not the maximum of its ``kernel`` window."""
+def peak_nms(heatmap: Tensor, kernel: int = 3, suppressed: float = 0.0) -> Tensor:
+    """Set every value of ``heatmap [B, C, H, W]`` that is not the maximum of its ``kernel x kernel`` window
+    (clipped at the borders) to ``suppressed`` (0 for probabilities, ``-inf`` for logits).
+
+    A value is the window's maximum when it is at least the row maximum (a 1-D pool along ``W``) of each
+    of the window's rows: the same test as against ``F.max_pool2d``, several times faster on CPU, where the
+    2-D pool of an NCHW map is slow.
+    """
     if kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"peak kernel must be a positive odd size, got {kernel}")
-    pooled = F.max_pool2d(heatmap, kernel, stride=1, padding=(kernel - 1) // 2)
-    return heatmap * (pooled == heatmap)
+    batch, channels, height, width = heatmap.shape
+    half = (kernel - 1) // 2
+    row_max = F.max_pool1d(heatmap.reshape(batch * channels, height, width), kernel, 1, half).reshape(heatmap.shape)
+    keep = heatmap >= row_max
+    for distance in range(1, half + 1):  # the rows `distance` above and below
+        keep[:, :, distance:] &= heatmap[:, :, distance:] >= row_max[:, :, :-distance]
+        keep[:, :, :-distance] &= heatmap[:, :, :-distance] >= row_max[:, :, distance:]
+    return torch.where(keep, heatmap, suppressed)
+
+
+def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of each row of ``values [B, N]`` -> ``(values [B, k], indices [B, k])``
+    (all ``N`` when ``k > N``).
+
+    Descending, equal values in ascending index order: a canonical order (``torch.topk``'s order of ties
+    is implementation-defined), the one of ONNX's ``TopK``, so exported decoders give the same detections.
+    """
+    ordered, order = values.sort(dim=1, descending=True, stable=True)
+    return ordered[:, :k], order[:, :k]
 
 
 def topk_peaks(heatmap: Tensor, k: int) -> Peaks:
-    """The ``k`` highest values of ``heatmap [B, C, H, W]`` over all classes and positions.
+    """The ``k`` highest values of ``heatmap [B, C, H, W]`` over all classes and positions (ties: lower
+    class, then lower position first, as :func:`top_k`).
 
     ``k`` is capped at ``C * H * W``. ``index`` is the flat position ``y * W + x`` within a class map.
+    Only the ``k`` rows (of ``W`` values) with the highest maxima can hold them: each row ranked before
+    a row holding one of them has a maximum ranked before it, so the rows are chosen first and only
+    their values sorted.
     """
-    batch, _, height, width = heatmap.shape
-    k = min(k, heatmap[0].numel())
-    scores, flat = heatmap.reshape(batch, -1).topk(k)
+    batch, classes, height, width = heatmap.shape
+    rows = heatmap.reshape(batch, classes * height, width)
+    _, best_rows = top_k(rows.amax(dim=2), k)
+    best_rows = best_rows.sort(dim=1).values  # map order, so that ties among the candidates stay in map order
+    candidates = rows.gather(1, best_rows.unsqueeze(2).expand(-1, -1, width)).flatten(1)
+    scores, pick = top_k(candidates, k)
+    columns = torch.arange(width, device=heatmap.device)
+    flat = (best_rows.unsqueeze(2) * width + columns).flatten(1).gather(1, pick)
     labels = torch.div(flat, height * width, rounding_mode="floor")
     index = flat - labels * height * width
     ys = torch.div(index, width, rounding_mode="floor")
     return Peaks(scores, labels, index, index - ys * width, ys)
 
 
-def refined_peaks(scores: Tensor, offset: Tensor, k: int, nms_kernel: int = 3) -> tuple[Peaks, Tensor, Tensor]:
-    """The ``k`` best peaks of the probabilities ``scores [B, C, H, W]`` and their refined positions.
+def refined_peaks(heatmap: Tensor, offset: Tensor, k: int, nms_kernel: int = 3) -> tuple[Peaks, Tensor, Tensor]:
+    """The ``k`` best peaks of ``heatmap [B, C, H, W]`` and their refined positions.
 
-    Returns the peaks and ``xs``, ``ys`` ``[B, K]``: each peak's cell plus the sub-cell
-    ``offset [B, 2, H, W]`` (x, y) predicted there, in output pixels.
+    The peaks' ``scores`` are values of ``heatmap`` (``-inf`` where fewer than ``k`` peaks exist). Returns
+    them and ``xs``, ``ys`` ``[B, K]``: each peak's cell plus the sub-cell ``offset [B, 2, H, W]`` (x, y)
+    predicted there, in output pixels.
     """
-    peaks = topk_peaks(peak_nms(scores.float(), nms_kernel), k)
+    peaks = topk_peaks(peak_nms(heatmap.float(), nms_kernel, float("-inf")), k)
     shift = gather_at(offset.float(), peaks.index)
     return peaks, peaks.xs + shift[..., 0], peaks.ys + shift[..., 1]
+
+
+def logit_peaks(heatmap: Tensor, offset: Tensor, k: int, nms_kernel: int = 3) -> tuple[Peaks, Tensor, Tensor]:
+    """:func:`refined_peaks` of heatmap logits with the scores turned into probabilities.
+
+    Peaks and their order are found on the logits and only the ``k`` kept are passed through the sigmoid
+    (monotonic): the peaks of the probabilities, except where two different logits round to the same
+    float32 probability (e.g. neighbours both above 17, both 1.0), where only the larger is a peak.
+    """
+    peaks, xs, ys = refined_peaks(heatmap, offset, k, nms_kernel)
+    return peaks._replace(scores=torch.sigmoid(peaks.scores)), xs, ys
 
 
 def centernet_decode(
@@ -70,10 +114,10 @@ def centernet_decode(
         k: detections kept per image (capped at ``C * H * W``).
 
     Returns:
-        ``boxes [B, K, 4]`` xyxy in output pixels, ``scores [B, K]`` in [0, 1] (descending),
-        ``labels [B, K]`` int64 class indices.
+        ``boxes [B, K, 4]`` xyxy in output pixels, ``scores [B, K]`` in [0, 1] (descending; ties: lower
+        class, then lower position first), ``labels [B, K]`` int64 class indices.
     """
-    return centernet_decode_scores(torch.sigmoid(heatmap.float()), size, offset, k, nms_kernel)
+    return _centernet_boxes(*logit_peaks(heatmap, offset, k, nms_kernel), size)
 
 
 def centernet_decode_scores(
@@ -82,6 +126,12 @@ def centernet_decode_scores(
     """:func:`centernet_decode` of a heatmap already turned into probabilities ``scores [B, C, H, W]``
     (e.g. the mean of an image's and its mirror's, for flip test-time augmentation)."""
     peaks, cx, cy = refined_peaks(scores, offset, k, nms_kernel)
+    return _centernet_boxes(peaks._replace(scores=peaks.scores.clamp(min=0)), cx, cy, size)
+
+
+def _centernet_boxes(peaks: Peaks, cx: Tensor, cy: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(boxes [B, K, 4], scores, labels)`` of peaks centred at ``cx``, ``cy`` ``[B, K]`` with the
+    ``size [B, 2, H, W]`` (w, h) predicted there."""
     half_size = gather_at(size.float(), peaks.index) / 2
     boxes = torch.stack(
         [cx - half_size[..., 0], cy - half_size[..., 1], cx + half_size[..., 0], cy + half_size[..., 1]], dim=-1
@@ -141,7 +191,9 @@ def soft_nms(
     selected_scores = scores.new_zeros(batch, max_dets)
     found = torch.zeros(batch, max_dets, dtype=torch.bool, device=scores.device)
     for step in range(min(num_candidates, max_dets)):
-        if not alive.any():  # every image is done (one host sync per step, at most max_dets steps)
+        # Every image done: stop (one host sync per step). An exported graph runs every step instead;
+        # steps after the last selection change nothing.
+        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()) and not alive.any():
             break
         found[:, step] = alive.any(dim=1)
         best_score, best = torch.where(alive, current, float("-inf")).max(dim=1)
@@ -189,8 +241,8 @@ def cornernet_pairs(
         below any soft-NMS threshold, so they are never output), ``labels [B, N]`` int64, with
         ``N = min(num_dets, k * k)``.
     """
-    tl, tl_xs, tl_ys = refined_peaks(torch.sigmoid(tl_heatmap.float()), tl_offset, k)
-    br, br_xs, br_ys = refined_peaks(torch.sigmoid(br_heatmap.float()), br_offset, k)
+    tl, tl_xs, tl_ys = logit_peaks(tl_heatmap, tl_offset, k)
+    br, br_xs, br_ys = logit_peaks(br_heatmap, br_offset, k)
     tl_tag = gather_at(tl_embedding.float(), tl.index)[..., 0]
     br_tag = gather_at(br_embedding.float(), br.index)[..., 0]
     # Pairs [B, K_tl, K_br]: top-left corners along dim 1, bottom-right corners along dim 2.
@@ -201,7 +253,7 @@ def cornernet_pairs(
         | (br_ys.unsqueeze(1) < tl_ys.unsqueeze(2))
     )
     pair_scores = torch.where(rejected, -1.0, (tl.scores.unsqueeze(2) + br.scores.unsqueeze(1)) / 2).flatten(1)
-    scores, pairs = pair_scores.topk(min(num_dets, pair_scores.shape[1]))
+    scores, pairs = top_k(pair_scores, num_dets)
     tl_pick, br_pick = torch.div(pairs, br.scores.shape[1], rounding_mode="floor"), pairs % br.scores.shape[1]
     boxes = torch.stack(
         [tl_xs.gather(1, tl_pick), tl_ys.gather(1, tl_pick), br_xs.gather(1, br_pick), br_ys.gather(1, br_pick)], dim=-1

@@ -1,24 +1,32 @@
-"""Export a checkpoint's network to ONNX or TorchScript: its raw outputs, without decoding.
+"""Export a checkpoint's detector to ONNX or TorchScript, from image to detections.
 
-``python -m keypointdet.export ckpt_path=FILE format=onnx|torchscript output=FILE [input_size=N] [batch_size=1]``
-(``conf/export.yaml``)
+``python -m keypointdet.export ckpt_path=FILE format=onnx|torchscript output=FILE [outputs=detections|raw]
+[dynamic=true] [input_size=N] [batch_size=1]`` (``conf/export.yaml``)
 
-The exported graph takes ``image [B, 3, H, W]`` (normalised like the training data: the letterbox
-of :mod:`keypointdet.inference`) and returns the raw maps of the last stack, named as in the head:
-``heatmap`` (logits), ``size``, ``offset`` for CenterNet; ``tl_heatmap``, ``br_heatmap`` (logits),
-``tl_embedding``, ``br_embedding``, ``tl_offset``, ``br_offset`` for CornerNet. ONNX outputs carry those
-names, in that order (``output_names``).
+The exported graph takes ``image [B, 3, H, W]``, letterboxed and normalised as :mod:`keypointdet.inference`
+does it, and returns (``outputs=detections``, the default) ``boxes [B, K, 4]`` (xyxy in input pixels),
+``scores [B, K]`` (descending, 0 for padding) and ``labels [B, K]`` (0..C-1): the network and
+:meth:`KeypointDetector.decode` in one graph, so the detections equal PyTorch's (CenterNet: peaks, top-K,
+boxes; CornerNet: corner top-K, pairing and soft-NMS, every one of its ``max_dets`` steps). ``outputs=raw``
+returns the last stack's raw maps instead, named as in the head (``heatmap``, ``size``, ``offset``;
+``tl_heatmap``, ``br_heatmap``, ``tl_embedding``, ``br_embedding``, ``tl_offset``, ``br_offset``).
 
-Both formats go through ``torch.export`` at a fixed input shape (``batch_size x 3 x input_size x input_size``):
-corner pooling's scans are plain Python loops over the map size, which ``torch.export`` unrolls. For
-another shape, export again; for images of other sizes, letterbox them to ``input_size``.
+With ``dynamic=true`` (the default) batch size, height and width are free (any multiple of the size
+divisor; CornerNet's corner pooling up to ``EXPORTED_MAX_LENGTH`` output cells a side); ``dynamic=false``
+fixes them to the example ``batch_size x 3 x input_size x input_size``. What a runtime needs besides the
+graph travels with it (:func:`metadata`): ONNX metadata properties, or ``keypointdet.json`` among a
+TorchScript file's extra files.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import onnx
 import torch
+from onnxscript import opset18 as op
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -27,6 +35,10 @@ from keypointdet.inference import load_detector
 from keypointdet.runs import hydra_main
 
 FORMATS = ("onnx", "torchscript")
+OUTPUTS = ("detections", "raw")
+DETECTION_NAMES = ["boxes", "scores", "labels"]
+TORCHSCRIPT_METADATA = "keypointdet.json"  # the extra file of a TorchScript export holding the metadata
+MAX_BATCH, MAX_SIDE = 1024, 4096  # bounds of the dynamic dimensions (input pixels for the side)
 
 
 class RawOutputs(nn.Module):
@@ -46,47 +58,120 @@ class RawOutputs(nn.Module):
         return tuple(outputs[name] for name in self.output_names)
 
 
-def export(detector: KeypointDetector, output: str | Path, export_format: str, input_size: int, batch_size: int = 1) -> Path:
-    """Write the detector's network (eval mode, CPU) as ``export_format`` to ``output``; returns the path."""
+class Detections(nn.Module):
+    """A detector as ``image -> (boxes, scores, labels)``: its last stack decoded, boxes in input pixels."""
+
+    output_names = DETECTION_NAMES
+
+    def __init__(self, detector: KeypointDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``image [B, 3, H, W]`` -> ``boxes [B, K, 4]`` xyxy input pixels, ``scores [B, K]``, ``labels [B, K]``."""
+        detector = self.detector
+        outputs = detector.heads[-1](detector.backbone(image)[-1])
+        # Tell the exporter that every map holds at least the peaks kept (true for any real input), so that
+        # the number of peaks is the constant k rather than min(k, cells), which the ONNX exporter cannot use.
+        _, classes, height, width = next(iter(outputs.values())).shape  # the first output is a heatmap
+        if torch.compiler.is_exporting():  # (torch.jit.trace records sizes as tensors and needs no hint)
+            torch._check(classes * height * width >= max(getattr(detector, "k", 0), detector.max_detections))
+        boxes, scores, labels = detector.decode(outputs)
+        return boxes * detector.stride, scores, labels
+
+
+def onnx_stable_sort(self: Any, stable: bool | None = None, dim: int = -1, descending: bool = False) -> tuple[Any, Any]:
+    """``aten.sort.stable`` in ONNX: ``TopK`` over the whole axis, which puts equal values in ascending index
+    order (the ONNX specification), i.e. a stable sort; :func:`keypointdet.decode.top_k` relies on it."""
+    count = op.Shape(self, start=dim) if dim == -1 else op.Shape(self, start=dim, end=dim + 1)
+    return op.TopK(self, count, axis=dim, largest=int(descending), sorted=1)
+
+
+def metadata(detector: KeypointDetector, outputs: str) -> dict[str, Any]:
+    """What a runtime needs besides the graph (stored as JSON): the outputs, the classes (``class_names``,
+    ``category_ids``), the letterbox (``input_size``, ``mean``, ``std``, ``size_divisor``) and ``stride``."""
+    letterbox = getattr(detector, "letterbox", None)
+    values: dict[str, Any] = {
+        "detector": detector.name,
+        "outputs": outputs,
+        "class_names": detector.class_names,
+        "category_ids": detector.category_ids,
+        "size_divisor": detector.size_divisor,
+        "stride": detector.stride,
+    }
+    if letterbox is not None:
+        values |= {"input_size": letterbox.input_size, "mean": list(letterbox.mean), "std": list(letterbox.std)}
+    return values
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The :func:`metadata` of an exported ONNX or TorchScript file, decoded."""
+    if Path(path).suffix == ".onnx":
+        properties = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+        return {key: json.loads(value) for key, value in properties.items()}
+    files = {TORCHSCRIPT_METADATA: ""}
+    torch.jit.load(str(path), _extra_files=files)
+    return json.loads(files[TORCHSCRIPT_METADATA])
+
+
+def dynamic_shapes(size_divisor: int) -> dict[str, dict[int, Any]]:
+    """Free batch size and spatial size (multiples of ``size_divisor``) of the ``image`` input."""
+    blocks = MAX_SIDE // size_divisor
+    height = torch.export.Dim("height_blocks", min=1, max=blocks)
+    width = torch.export.Dim("width_blocks", min=1, max=blocks)
+    return {"image": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH), 2: size_divisor * height, 3: size_divisor * width}}
+
+
+def export(
+    detector: KeypointDetector, output: str | Path, export_format: str, input_size: int, batch_size: int = 1,
+    outputs: str = "detections", dynamic: bool = True,
+) -> Path:  # fmt: skip
+    """Write the detector (eval mode, CPU) as ``export_format`` to ``output``, with its :func:`metadata`; returns
+    the path. ``input_size``, ``batch_size``: the example input (the only shape accepted without ``dynamic``)."""
     if export_format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {export_format!r}")
+    if outputs not in OUTPUTS:
+        raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
     if input_size % detector.size_divisor:
         raise ValueError(f"input_size={input_size} must be a multiple of the backbone's {detector.size_divisor}")
-    network = RawOutputs(detector.cpu().eval()).eval()
-    example = torch.randn(batch_size, 3, input_size, input_size)
+    detector = detector.cpu().eval()
+    network = (Detections if outputs == "detections" else RawOutputs)(detector).eval()
+    # A dynamic dimension needs an example size above 1 (torch.export specialises sizes 0 and 1).
+    example = torch.randn(max(batch_size, 2) if dynamic else batch_size, 3, input_size, input_size)
+    shapes = dynamic_shapes(detector.size_divisor) if dynamic else None
+    properties = metadata(detector, outputs)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         if export_format == "torchscript":
-            # Tracing the functional aten graph of torch.export: the eager corner pooling writes in place.
-            program = torch.export.export(network, (example,)).run_decompositions({})
-            torch.jit.trace(program.module(), (example,)).save(str(path))
+            # Traced: sizes are recorded as the size ops they come from, so the trace holds for other shapes.
+            traced = torch.jit.trace(network, (example,), check_trace=False)
+            torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(properties)})
         else:
-            # optimize=False: ONNX Runtime optimises the graph when it loads it, while the exporter's own
-            # pass takes minutes on the unrolled corner-pooling scans.
-            torch.onnx.export(
-                network,
-                (example,),
-                str(path),
-                input_names=["image"],
-                output_names=network.output_names,
-                dynamo=True,
-                optimize=False,
-                verbose=False,
-            )
+            # optimize=False: ONNX Runtime optimises the graph when it loads it.
+            program = torch.onnx.export(
+                network, (example,), input_names=["image"], output_names=network.output_names, dynamo=True,
+                dynamic_shapes=shapes, optimize=False, verbose=False,
+                custom_translation_table={torch.ops.aten.sort.stable: onnx_stable_sort},
+            )  # fmt: skip
+            model = program.model_proto
+            onnx.helper.set_model_props(model, {key: json.dumps(value) for key, value in properties.items()})
+            onnx.save(model, str(path))
     return path
 
 
 def export_checkpoint(cfg: DictConfig) -> Path:
-    """``cfg``: ``ckpt_path``, ``format``, ``output``, ``input_size`` (null: the checkpoint's training input size)
-    and ``batch_size``."""
+    """``cfg``: ``ckpt_path``, ``format``, ``output``, ``outputs``, ``dynamic``, ``input_size`` (null: the
+    checkpoint's training input size) and ``batch_size``."""
     missing = [key for key in ("ckpt_path", "format", "output") if cfg.get(key) is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: {__doc__.splitlines()[2]}")
     detector = load_detector(cfg.ckpt_path)
     input_size = cfg.get("input_size") or detector.letterbox.input_size
-    path = export(detector, cfg.output, cfg.format, input_size, cfg.batch_size)
-    print(f"{cfg.format} export of {cfg.ckpt_path} ({input_size}x{input_size} input) written to {path}")
+    outputs, dynamic = cfg.get("outputs", "detections"), cfg.get("dynamic", True)
+    path = export(detector, cfg.output, cfg.format, input_size, cfg.batch_size, outputs, dynamic)
+    shape = "any batch and size" if dynamic else f"{cfg.batch_size}x3x{input_size}x{input_size} input"
+    print(f"{cfg.format} export of {cfg.ckpt_path} ({outputs}, {shape}) written to {path}")
     return path
 
 

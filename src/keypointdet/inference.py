@@ -15,7 +15,6 @@ its input size and normalisation (the evaluation letterbox). ``predict.py`` is :
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes
 
-from keypointdet.boxes import BoxMapping, xywh_to_xyxy
+from keypointdet.boxes import BoxMapping
 from keypointdet.checkpoints import checkpoint_metadata, detector_from_checkpoint, load_checkpoint
-from keypointdet.data.annotations import read_image
 from keypointdet.data.datamodule import collate
 from keypointdet.data.transforms import Letterbox
 from keypointdet.detectors import KeypointDetector
+from keypointdet.drawing import Detection, ImageInput, draw_detections, to_rgb_array
 from keypointdet.metrics import coco_results
 from keypointdet.tta import TestTimeAugmentation, detect
 
-ImageInput = str | Path | np.ndarray | Image.Image
-Detection = dict[str, Any]  # bbox [x, y, w, h] in original pixels, score, category_id, class_name
+__all__ = ["Detection", "detect_batch", "draw_detections", "load_detector", "predict", "to_rgb_array"]
 
 
 def load_detector(
@@ -58,18 +55,6 @@ def load_detector(
     detector.letterbox = Letterbox(record["input_size"], detector.size_divisor, record["mean"], record["std"])
     detector.tta = TestTimeAugmentation(**(tta or {}))
     return detector.eval()
-
-
-def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """A path, a PIL image or an array -> uint8 RGB ``[H, W, 3]`` (arrays must already be RGB)."""
-    if isinstance(image, (str, Path)):
-        return read_image(Path(image))
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected a uint8 RGB array [H, W, 3], got {array.dtype} {list(array.shape)}")
-    return array
 
 
 @torch.no_grad()
@@ -133,27 +118,3 @@ def _sample(image: np.ndarray, index: int, letterbox: Letterbox) -> dict[str, to
         "scale": torch.as_tensor(out["scale"], dtype=torch.float32),
         "shift": torch.as_tensor(out["shift"], dtype=torch.float32),
     }
-
-
-def draw_detections(image: ImageInput, detections: Sequence[Detection], score_threshold: float = 0.3) -> np.ndarray:
-    """``image`` with the boxes, class names and scores of the detections above ``score_threshold``
-    drawn on it; returns uint8 RGB ``[H, W, 3]``."""
-    array = to_rgb_array(image)
-    kept = [detection for detection in detections if detection["score"] >= score_threshold]
-    if not kept:
-        return array.copy()
-    xyxy = xywh_to_xyxy(torch.tensor([detection["bbox"] for detection in kept], dtype=torch.float32))
-    corners = xyxy[:, :2], xyxy[:, 2:]
-    # A negative size (an untrained or confused size branch) is drawn as the box it spans.
-    boxes = torch.cat([torch.minimum(*corners), torch.maximum(*corners)], dim=1)
-    labels = [f"{detection['class_name']} {detection['score']:.2f}" for detection in kept]
-    colors = [_color(detection["category_id"]) for detection in kept]
-    drawn = draw_bounding_boxes(torch.from_numpy(array).permute(2, 0, 1), boxes, labels, colors, width=2)
-    return drawn.permute(1, 2, 0).numpy()
-
-
-def _color(category_id: int) -> tuple[int, int, int]:
-    """A fixed, well-spread colour per category (golden-ratio hues)."""
-    hue = (category_id * 0.618033988749895) % 1.0
-    red, green, blue = (int(255 * channel) for channel in colorsys.hsv_to_rgb(hue, 0.85, 0.95))
-    return red, green, blue

@@ -11,6 +11,9 @@ came from. Which scan runs depends on the memory layout of the pooled axis:
   (some 25x slower per op), so a blocked doubling scan runs on cache-sized chunks of rows.
 
 Both backwards need only the output, where ``torch.cummax`` keeps an int64 index per element.
+Under ``torch.export`` or ``torch.jit.trace`` (ONNX and TorchScript export) neither runs: their loops depend on the map size,
+which an exported graph leaves free; a doubling scan with a fixed number of steps runs instead
+(``_doubling_scan``: the same values, for maps of up to ``EXPORTED_MAX_LENGTH`` cells along the axis).
 At CornerNet's sizes on CPU they beat ``flip + cummax + flip`` and an autograd-traced
 sequential scan (``benchmarks/corner_pool.py``); ``right``, where cummax needs no flip, is the
 closest race. On small maps (well under a million elements) the per-op overhead of these
@@ -22,6 +25,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
@@ -34,6 +38,9 @@ _DIRECTIONS: dict[str, tuple[int, bool]] = {
     "bottom": (2, False),
     "right": (3, False),
 }
+
+# Longest pooled axis an exported graph handles exactly: 2^10 output cells, a 4096-pixel input at stride 4.
+EXPORTED_MAX_LENGTH = 1 << 10
 
 # Rows per chunk of the blocked scan: about 2 MiB of input, so that the ~5 passes of the
 # forward and ~11 of the backward hit cache rather than DRAM (0.5 to 4 MiB measured on CPU).
@@ -171,6 +178,25 @@ def _scan_rows_backward(grad_y: Tensor, y: Tensor, reverse: bool) -> Tensor:
     return grad_x
 
 
+def _doubling_scan(x: Tensor, dim: int, reverse: bool) -> Tensor:
+    """Running maximum of ``x`` along ``dim`` by ``log2(EXPORTED_MAX_LENGTH)`` doublings, whatever the length.
+
+    Step ``k`` takes the maximum with ``x`` shifted by ``2^k`` in scan order (``-inf`` shifted in), so
+    after it every element holds the maximum of the ``2^(k+1)`` elements ending at it. No loop depends
+    on the size: the graph an export records is exact for any length up to ``EXPORTED_MAX_LENGTH``.
+    """
+    length = x.shape[dim]
+    moved = x.movedim(dim, -1)
+    for step in range(EXPORTED_MAX_LENGTH.bit_length() - 1):
+        shift = 1 << step
+        if reverse:  # the element `shift` later in the map comes earlier in the scan
+            shifted = F.pad(moved, (0, shift), value=float("-inf")).narrow(-1, shift, length)
+        else:
+            shifted = F.pad(moved, (shift, 0), value=float("-inf")).narrow(-1, 0, length)
+        moved = torch.maximum(moved, shifted)
+    return moved.movedim(-1, dim)
+
+
 class _CornerPool(torch.autograd.Function):
     """Running maximum along ``dim`` of a 4D tensor, differentiable once."""
 
@@ -218,6 +244,8 @@ def corner_pool(x: Tensor, direction: str) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"corner_pool expects a [B, C, H, W] tensor, got shape {tuple(x.shape)}")
     dim, reverse = _DIRECTIONS[direction]
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return _doubling_scan(x, dim, reverse)
     if x.shape[dim] == 1 or x.numel() == 0:
         return x.clone()
     return _CornerPool.apply(x, dim, reverse)

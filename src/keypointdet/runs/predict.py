@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
 from keypointdet.data.annotations import read_image
-from keypointdet.inference import Detection, draw_detections, load_detector, predict
+from keypointdet.drawing import Detection, draw_detections
+
+RUNTIMES = ("pytorch", "onnxruntime")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -27,6 +31,22 @@ def image_files(input_path: str | Path) -> list[Path]:
     return files
 
 
+def detector(cfg: DictConfig) -> Callable[[np.ndarray], list[Detection]]:
+    """``image -> detections`` of ``cfg.ckpt_path``: a checkpoint run by PyTorch (with ``cfg.model.tta``), or with
+    ``runtime=onnxruntime`` an end-to-end ONNX export run by ONNX Runtime (torch is not imported)."""
+    runtime = cfg.get("runtime", "pytorch")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "onnxruntime":
+        from keypointdet.runtime import OnnxDetector
+
+        return OnnxDetector(cfg.ckpt_path).predict
+    from keypointdet.inference import load_detector, predict
+
+    model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
+    return lambda image: predict(model, image)
+
+
 def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
     """Detect on ``cfg.input`` (an image or a folder); write to ``cfg.output`` every image with its detections
     drawn (same file name and format) and ``detections.json`` (``{file name: detections}``)."""
@@ -36,12 +56,12 @@ def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
     output = Path(cfg.output)
     if output.resolve() in {file.parent.resolve() for file in files}:
         raise ValueError(f"output={output} is the folder of the input images: the drawings would overwrite them")
-    model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
+    detect = detector(cfg)
     output.mkdir(parents=True, exist_ok=True)
     all_detections: dict[str, list[Detection]] = {}
     for file in files:
         image = read_image(file)
-        detections = predict(model, image)
+        detections = detect(image)
         all_detections[file.name] = detections
         Image.fromarray(draw_detections(image, detections, cfg.score_threshold)).save(output / file.name)
     (output / "detections.json").write_text(json.dumps(all_detections))
