@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from pycocotools.coco import COCO
 from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from keypointdet.boxes import BoxMapping
 from keypointdet.checkpoints import METADATA_KEY, metadata
@@ -100,12 +102,15 @@ class DetectionModule(pl.LightningModule):
         optimizer = instantiate(self.optimizer_config)(params=self.parameters())
         if self.scheduler_config is None:
             return {"optimizer": optimizer}
+        scheduler = self.plan_schedule(optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def plan_schedule(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
+        """The configured scheduler of ``optimizer``, given ``total_steps`` when it takes them (re-planned
+        under a time budget by :class:`keypointdet.schedules.TimeBudgetSchedule`)."""
         scheduler = instantiate(self.scheduler_config)
-        kwargs = {}
-        if "total_steps" in inspect.signature(scheduler).parameters:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        schedule = {"scheduler": scheduler(optimizer=optimizer, **kwargs), "interval": self.scheduler_interval}
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        kwargs = {"total_steps": total_steps} if "total_steps" in inspect.signature(scheduler).parameters else {}
+        return scheduler(optimizer=optimizer, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the detector (:func:`keypointdet.inference.load_detector`)."""

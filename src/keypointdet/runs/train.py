@@ -24,6 +24,7 @@ from keypointdet.detectors import KeypointDetector
 from keypointdet.log import get_logger
 from keypointdet.metrics import format_table
 from keypointdet.module import DetectionModule
+from keypointdet.schedules import TimeBudgetSchedule
 
 log = get_logger(__name__)
 
@@ -152,7 +153,8 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         default_wandb_mode()
         configure_sweep_wandb(cfg)
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+    callbacks = [*instantiate_group(cfg.get("callbacks")), TimeBudgetSchedule()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_multirun_strategy(trainer)
     global_batch_size = cfg.data.batch_size * trainer.num_devices * trainer.num_nodes
     log.info(
