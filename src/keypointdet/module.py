@@ -31,7 +31,8 @@ class DetectionModule(pl.LightningModule):
         detector: the network, its loss and its decoder.
         ground_truth: the validation annotations (or a callable returning them) for the COCO mAP.
         input_record: how the DataModule prepares images (``input_size``, ``mean``, ``std``; stored in
-            checkpoints for inference).
+            checkpoints for inference), or a callable returning it, read when a checkpoint is saved (the
+            DataModule chooses ``input_size="auto"`` when it reads the training set).
         optimizer: Hydra config of a partial optimizer (``_partial_: true``), completed with the parameters.
         scheduler: Hydra config of a partial LR scheduler (or None), completed with the optimizer and, when it
             takes ``total_steps``, the trainer's estimated number of steps.
@@ -43,7 +44,7 @@ class DetectionModule(pl.LightningModule):
         self,
         detector: KeypointDetector,
         ground_truth: COCO | Callable[[], COCO],
-        input_record: Mapping[str, Any],
+        input_record: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         scheduler_interval: str = "epoch",
@@ -52,7 +53,7 @@ class DetectionModule(pl.LightningModule):
         super().__init__()
         self.detector = detector
         self.metric = CocoMeanAveragePrecision(ground_truth, detector.category_ids, detector.max_detections)
-        self.input_record = dict(input_record)
+        self._input_record = input_record
         self.optimizer_config = plain(optimizer) if optimizer else None
         self.scheduler_config = plain(scheduler) if scheduler else None
         self.scheduler_interval = scheduler_interval
@@ -115,3 +116,9 @@ class DetectionModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the detector (:func:`keypointdet.inference.load_detector`)."""
         checkpoint[METADATA_KEY] = metadata(self.detector, self.input_record)
+
+    @property
+    def input_record(self) -> dict[str, Any]:
+        """How images are prepared for the network (``input_size``, ``mean``, ``std``)."""
+        record = self._input_record() if callable(self._input_record) else self._input_record
+        return dict(record)

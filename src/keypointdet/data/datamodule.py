@@ -13,6 +13,7 @@ batches an uninterrupted run would.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,31 @@ from keypointdet.data.coco import CocoDetection, Encoder, Transform
 from keypointdet.data.synthetic import generate_dataset
 from keypointdet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Letterbox, TrainTransform
 from keypointdet.data.voc import VOC_CLASSES, VOCDetection, parse_set
+from keypointdet.log import get_logger
+
+log = get_logger(__name__)
+
+AUTO = "auto"
+# the automatic input size never exceeds the papers' COCO size
+MAX_AUTO_INPUT_SIZE = 512
+MAX_AUTO_WORKERS = 8
+
+
+def auto_input_size(long_sides: Sequence[int], size_divisor: int, cap: int = MAX_AUTO_INPUT_SIZE) -> int:
+    """The median of the images' ``long_sides`` (pixels) rounded to a multiple of ``size_divisor``, at least
+    one divisor and at most ``cap`` (rounded down to a multiple)."""
+    size = round(float(np.median(long_sides)) / size_divisor) * size_divisor
+    return int(min(max(size, size_divisor), cap // size_divisor * size_divisor))
+
+
+def image_long_sides(dataset: CocoDetection) -> list[int]:
+    """The long side (pixels) of every image of ``dataset``, as its annotation file gives it."""
+    return [max(info["height"], info["width"]) for info in dataset.coco.imgs.values()]
+
+
+def auto_num_workers(cpus: int) -> int:
+    """Loader workers of a process that may use ``cpus`` CPUs: one less (the process itself), at most 8."""
+    return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
 
 
 def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -72,8 +98,13 @@ class BaseDetectionDataModule(pl.LightningDataModule):
     """Train / val dataloaders over a detection dataset; subclasses say where the data is.
 
     Args:
-        input_size: side of the square training input; evaluation resizes the long side to it.
+        input_size: side of the square training input; evaluation resizes the long side to it. ``"auto"``:
+            :func:`auto_input_size` of the training images (of the validation images when only they are read),
+            chosen by :meth:`setup`.
         batch_size, val_batch_size: training / evaluation batch (``val_batch_size`` defaults to ``batch_size``).
+        num_workers, pin_memory: loader settings; ``"auto"``: :func:`auto_num_workers` of the CPUs this process
+            may use (``os.sched_getaffinity``) shared by the devices of the node, and pinned memory only when
+            training on a GPU.
         augment: keyword arguments of :class:`TrainTransform` (scales, border, flip, color_jitter, lighting).
         mean, std: normalisation (0-1 scale, RGB).
         seed: base seed of the training order and augmentation (None: drawn from torch's generator).
@@ -82,11 +113,11 @@ class BaseDetectionDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        input_size: int = 512,
+        input_size: int | str = 512,
         batch_size: int = 32,
         val_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = False,
+        num_workers: int | str = 4,
+        pin_memory: bool | str = False,
         augment: dict[str, Any] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -97,6 +128,8 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         # also records the arguments of the subclass being constructed
         self.save_hyperparameters(logger=False)
         self.seed = int(torch.randint(2**31, ())) if seed is None else int(seed)
+        self.input_size: int | None = None if input_size == AUTO else int(input_size)
+        self.num_workers, self.pin_memory = self._loader_settings(num_workers, pin_memory)
         self.encoder: Encoder | None = None
         self.stride = 4
         self.size_divisor = 32
@@ -107,8 +140,8 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         """The dataset's categories (``id``, ``name``) sorted by id: label ``i`` is the ``i``-th."""
         raise NotImplementedError
 
-    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> CocoDetection:
-        """The ``"train"`` or ``"val"`` dataset."""
+    def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> CocoDetection:
+        """The ``"train"`` or ``"val"`` dataset (``transform`` may be set later, before loading samples)."""
         raise NotImplementedError
 
     def configure_targets(self, encoder: Encoder | None, stride: int, size_divisor: int) -> None:
@@ -118,7 +151,36 @@ class BaseDetectionDataModule(pl.LightningDataModule):
 
     def input_record(self) -> dict[str, Any]:
         """How images are prepared for the network (stored in checkpoints): letterbox side and normalisation."""
-        return {"input_size": self.hparams.input_size, "mean": list(self.hparams.mean), "std": list(self.hparams.std)}
+        if self.input_size is None:
+            raise RuntimeError("data.input_size=auto is chosen from the images by setup(): call it first")
+        return {"input_size": self.input_size, "mean": list(self.hparams.mean), "std": list(self.hparams.std)}
+
+    def choose_input_size(self, dataset: CocoDetection) -> int:
+        """The configured input size, or with ``input_size="auto"`` the one :func:`auto_input_size` picks from
+        ``dataset``'s image sizes (logged)."""
+        if self.hparams.input_size != AUTO:
+            return int(self.hparams.input_size)
+        long_sides = image_long_sides(dataset)
+        size = auto_input_size(long_sides, self.size_divisor)
+        log.info(
+            f"data.input_size=auto: {size} (median long side {np.median(long_sides):.0f} px of the "
+            f"{len(long_sides)} images of {dataset.source}, a multiple of {self.size_divisor}, at most "
+            f"{MAX_AUTO_INPUT_SIZE}); set data.input_size to override"
+        )
+        return size
+
+    def _loader_settings(self, num_workers: int | str, pin_memory: bool | str) -> tuple[int, bool]:
+        """``num_workers`` and ``pin_memory`` with ``"auto"`` resolved for this machine (logged when so)."""
+        if AUTO not in (num_workers, pin_memory):
+            return int(num_workers), bool(pin_memory)
+        cpus = len(os.sched_getaffinity(0))
+        workers = auto_num_workers(cpus) if num_workers == AUTO else int(num_workers)
+        pin = torch.cuda.is_available() if pin_memory == AUTO else bool(pin_memory)
+        log.info(
+            f"data loaders: num_workers={workers}, pin_memory={pin} ({cpus} CPUs for this process, "
+            f"{torch.cuda.device_count()} GPUs); set data.num_workers / data.pin_memory to override"
+        )
+        return workers, pin
 
     def ground_truth(self) -> COCO:
         """The validation annotations (checked, as evaluated) once :meth:`setup` has run."""
@@ -130,18 +192,22 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             # every rank must draw the same order (the distributed sampler shards it), also when seed=null
             self.seed = self.trainer.strategy.broadcast(self.seed, src=0)
-        if self.hparams.input_size % self.size_divisor:
-            raise ValueError(
-                f"data.input_size={self.hparams.input_size} must be a multiple of the backbone's {self.size_divisor}"
-            )
         mean, std = self.hparams.mean, self.hparams.std
         if stage in (None, "fit"):
+            # the training set is read once: its image sizes choose the input size, then its transform is set
+            self.train_dataset = self.make_dataset("train", None, self.encoder)
+            self.input_size = self.choose_input_size(self.train_dataset)
+        self.val_dataset = self.make_dataset("val", None, None)
+        if self.input_size is None:
+            self.input_size = self.choose_input_size(self.val_dataset)
+        if self.input_size % self.size_divisor:
+            raise ValueError(
+                f"data.input_size={self.input_size} must be a multiple of the backbone's {self.size_divisor}"
+            )
+        if self.train_dataset is not None:
             augment = self.hparams.augment or {}
-            train_transform = TrainTransform(self.hparams.input_size, mean=mean, std=std, **augment)
-            self.train_dataset = self.make_dataset("train", train_transform, self.encoder)
-        self.val_dataset = self.make_dataset(
-            "val", Letterbox(self.hparams.input_size, self.size_divisor, mean, std), None
-        )
+            self.train_dataset.transform = TrainTransform(self.input_size, mean=mean, std=std, **augment)
+        self.val_dataset.transform = Letterbox(self.input_size, self.size_divisor, mean, std)
         if self.train_dataset is not None and self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(f"{self.train_dataset.source} and {self.val_dataset.source} list different category ids")
 
@@ -165,15 +231,14 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         return self._loader(self.val_dataset, batch_size, sampler=None, drop_last=False)
 
     def _loader(self, dataset: CocoDetection, batch_size: int, sampler: Sampler | None, drop_last: bool) -> DataLoader:
-        workers = self.hparams.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last and len(dataset) >= batch_size,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             collate_fn=collate,
         )
 
@@ -227,7 +292,7 @@ class DetectionDataModule(BaseDetectionDataModule):
             raise ValueError(f"cannot read 'categories' from {self.train_ann}: {error}") from error
         return sorted(categories, key=lambda cat: cat["id"])
 
-    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> CocoDetection:
+    def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> CocoDetection:
         ann_file, img_dir = (
             (self.train_ann, self.train_img_dir) if split == "train" else (self.val_ann, self.val_img_dir)
         )
@@ -258,6 +323,6 @@ class VOCDataModule(BaseDetectionDataModule):
     def categories(self) -> list[dict[str, Any]]:
         return [{"id": i + 1, "name": name} for i, name in enumerate(VOC_CLASSES)]
 
-    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> VOCDetection:
+    def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> VOCDetection:
         sets = self.hparams.train_sets if split == "train" else self.hparams.val_sets
         return VOCDetection(self.hparams.root, list(sets), transform, encoder, self.stride, self.hparams.strict)

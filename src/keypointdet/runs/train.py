@@ -143,7 +143,7 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
     model = DetectionModule(
         detector,
         ground_truth=datamodule.ground_truth,
-        input_record=datamodule.input_record(),
+        input_record=datamodule.input_record,
         optimizer=cfg.model.optimizer,
         scheduler=cfg.model.get("scheduler"),
         scheduler_interval=cfg.model.get("scheduler_interval", "epoch"),

@@ -25,7 +25,6 @@ from omegaconf import DictConfig
 from keypointdet.boxes import letterbox_size
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.encode import gaussian_radius
-from keypointdet.data.transforms import Letterbox
 from keypointdet.detectors import CornerNet
 from keypointdet.runs import hydra_main
 from keypointdet.runs.train import build_detector
@@ -133,15 +132,16 @@ def report(cfg: DictConfig) -> str:
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     detector = build_detector(cfg.model, cfg.backbone, datamodule.categories())
+    datamodule.configure_targets(None, detector.stride, detector.size_divisor)
     settings = detector.encoder.settings()
-    input_size = cfg.data.input_size
+    datasets = {split: datamodule.make_dataset(split, None, None) for split in ("train", "val")}
+    input_size = datamodule.choose_input_size(datasets["train"])
     sections = [
         f"model {type(detector).__name__}: stride {detector.stride}, input {input_size} (long side), "
         + ", ".join(f"{key} {value}" for key, value in settings.items())
     ]
     corners = isinstance(detector, CornerNet)
-    for split in ("train", "val"):
-        dataset = datamodule.make_dataset(split, Letterbox(input_size), None)
+    for split, dataset in datasets.items():
         stats = dataset_statistics(dataset, input_size, detector.stride, **settings)
         sections.append(f"\n[{split}] {dataset.source}\n{format_statistics(stats, corners)}")
     return "\n".join(sections)
