@@ -21,10 +21,12 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from keypointdet.data.datamodule import BaseDetectionDataModule
 from keypointdet.detectors import KeypointDetector
+from keypointdet.diagnosis import POOR_MAP, LearningCheck, data_findings, paragraph
 from keypointdet.log import get_logger
 from keypointdet.metrics import format_table
 from keypointdet.module import DetectionModule
 from keypointdet.schedules import TimeBudgetSchedule
+from keypointdet.tools.dataset_stats import dataset_statistics
 
 log = get_logger(__name__)
 
@@ -153,7 +155,7 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         default_wandb_mode()
         configure_sweep_wandb(cfg)
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
-    callbacks = [*instantiate_group(cfg.get("callbacks")), TimeBudgetSchedule()]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), TimeBudgetSchedule(), LearningCheck()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_multirun_strategy(trainer)
     global_batch_size = cfg.data.batch_size * trainer.num_devices * trainer.num_nodes
@@ -194,6 +196,23 @@ def finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+def learning_check(
+    datamodule: BaseDetectionDataModule, model: DetectionModule, trainer: pl.Trainer, metrics: dict[str, float]
+) -> str | None:
+    """The learning check's paragraph (:mod:`keypointdet.diagnosis`) when ``val/mAP`` is below ``POOR_MAP``."""
+    mean_ap = metrics.get("val/mAP")
+    if mean_ap is None or mean_ap >= POOR_MAP or datamodule.train_dataset is None:
+        return None
+    detector, dataset = model.detector, datamodule.train_dataset
+    input_size = datamodule.input_record()["input_size"]
+    stats = dataset_statistics(dataset, input_size, detector.stride, **detector.encoder.settings())
+    findings = data_findings(dataset, input_size, detector.stride, stats)
+    for callback in trainer.callbacks:
+        if isinstance(callback, LearningCheck):
+            findings += callback.findings(model.optimizer_config["lr"])
+    return paragraph(findings, mean_ap)
+
+
 @rank_zero_only
 def report(metrics: dict[str, float], output_dir: Path) -> None:
     """Write ``metrics.json`` and print the COCO table and the one-line summary."""
@@ -212,6 +231,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = final_metrics(cfg, datamodule, model, trainer)
         log_per_class_ap(trainer.loggers, metrics)
+        diagnosis = learning_check(datamodule, model, trainer, metrics)
+        if diagnosis:
+            log.warning(diagnosis)
     except BaseException:
         finish_wandb(exit_code=1)
         raise
