@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.callbacks import timer as lightning_timer
 from torch.utils.data import DataLoader, TensorDataset
 
-from keypointdet.schedules import TimeBudgetSchedule, one_cycle, planned_steps
+from keypointdet.schedules import TimeBudgetSchedule, end_at_validation, one_cycle, planned_steps
 
 MAX_LR = 1.0
 
@@ -70,6 +70,10 @@ def test_planned_steps_share_the_budget_with_validations():
     assert planned_steps(0.1, 0.5, 0.0, 40) == 1
 
 
+def test_plans_end_with_a_validation_when_one_fits():
+    assert (end_at_validation(100, 8), end_at_validation(96, 8), end_at_validation(7, 8)) == (96, 96, 7)
+
+
 class Regression(pl.LightningModule):
     """A linear model with the one-cycle schedule (its ``plan_schedule`` as DetectionModule's)."""
 
@@ -122,10 +126,10 @@ def run_with_budget(monkeypatch, seconds: int, max_epochs: int) -> tuple[Regress
 
 def test_time_budget_plans_warm_up_peak_and_end_inside_the_budget(monkeypatch):
     model, trainer, clock = run_with_budget(monkeypatch, seconds=100, max_epochs=100_000)
-    # 1 s per step: 7 steps measured, 93 s left, 100 steps planned; the run ends with the schedule
-    assert trainer.global_step == 100 and clock.now <= 100
+    # 1 s per step: 7 steps done, 93 s left: 100 steps fit, 96 planned (12 epochs of 8 steps, each validated)
+    assert trainer.global_step == 96 and clock.now <= 100
     peak = model.rates.index(max(model.rates))
-    assert model.rates[peak] == pytest.approx(MAX_LR) and 0 < peak < 20
+    assert model.rates[peak] == pytest.approx(MAX_LR, rel=1e-3) and 0 < peak < 20  # the peak: step 8.6 of 96
     assert model.rates[-1] == pytest.approx(MAX_LR / 25e4, rel=0.01)
     assert all(a >= b for a, b in zip(model.rates[peak:], model.rates[peak + 1 :]))
 

@@ -53,13 +53,19 @@ def planned_steps(
     return max(1, int(remaining_seconds / per_step))
 
 
+def end_at_validation(steps: int, steps_per_validation: int) -> int:
+    """``steps`` rounded down to a multiple of ``steps_per_validation`` when at least one fits, so that the
+    run's last step is validated (and checkpointed); unchanged when fewer steps fit."""
+    return steps // steps_per_validation * steps_per_validation if steps >= steps_per_validation else steps
+
+
 class TimeBudgetSchedule(pl.Callback):
     """Plans a step-wise schedule that takes ``total_steps`` from the time budget (``trainer.max_time``).
 
     The LightningModule plans it first from the trainer's step estimate (``max_epochs`` / ``max_steps``),
     which means nothing under a time budget. This callback times the validation of the sanity check and
     the ``measure_steps`` training steps after the first ``skip_steps``, then once: plans the steps that fit in
-    the remaining time (validations included), keeps the smaller of that and the current plan (whichever
+    the remaining time (validations included; ending with one, see :func:`end_at_validation`), keeps the smaller of that and the current plan (whichever
     limit ends first), swaps in the module's schedule for that many steps, continued at the current step,
     and ends the run there (``max_steps``). The plan is in the checkpoint (the callback's state and the
     scheduler's own ``total_steps``), so a resumed run keeps it. Without ``max_time``, or when the module
@@ -117,7 +123,7 @@ class TimeBudgetSchedule(pl.Callback):
         config = trainer.lr_scheduler_configs[0]
         steps_per_validation = trainer.num_training_batches * (trainer.check_val_every_n_epoch or 1)
         fits = step + planned_steps(timer.time_remaining(), step_seconds, self._validation_seconds, steps_per_validation)
-        total = min(fits, config.scheduler.total_steps)
+        total = min(max(end_at_validation(fits, steps_per_validation), step + 1), config.scheduler.total_steps)
         self.planned_steps = total
         if total < config.scheduler.total_steps:
             scheduler = pl_module.plan_schedule(trainer.optimizers[0], total)
