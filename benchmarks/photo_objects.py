@@ -15,7 +15,8 @@ moon, a camera man, a page of text), and the objects are real image content past
 
 Images are about 160 px (long side 144-176, various aspect ratios), with 1-6 objects of 12-64 px, placed
 with limited overlap, at random brightness. The category ids are not contiguous. Deterministic for a seed
-(numpy's ``default_rng``); nothing is downloaded. Writes ``train.json``, ``val.json``, ``train/``, ``val/``.
+(numpy's ``default_rng``); nothing is downloaded. Writes ``train.json``, ``val.json`` and ``images/`` (both
+splits, as in the README's ``data.train_img_dir=/data/mine/images``).
 """
 
 from __future__ import annotations
@@ -128,13 +129,13 @@ def generate(out: Path, num_train: int, num_val: int, seed: int) -> None:
         17: lambda r: cat,
     }
     annotation_id = 1
+    (out / "images").mkdir(parents=True, exist_ok=True)
     for split, count, first_id in (("train", num_train, 1000), ("val", num_val, 5000)):
-        (out / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for image_id in range(first_id, first_id + count):
             image, objects = render(rng, photos, sources)
             file_name = f"{image_id:06d}.jpg"
-            cv2.imwrite(str(out / split / file_name), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+            cv2.imwrite(str(out / "images" / file_name), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
             images.append({"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
             for category, bbox in objects:
                 annotations.append({"id": annotation_id, "image_id": image_id, "category_id": category, "bbox": bbox,
@@ -142,7 +143,7 @@ def generate(out: Path, num_train: int, num_val: int, seed: int) -> None:
                 annotation_id += 1
         data = {"images": images, "annotations": annotations, "categories": CATEGORIES}
         (out / f"{split}.json").write_text(json.dumps(data))
-        print(f"{split}: {len(images)} images, {len(annotations)} objects -> {out / split}")
+        print(f"{split}: {len(images)} images, {len(annotations)} objects -> {out / f'{split}.json'}")
 
 
 def main() -> None:

@@ -138,8 +138,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     args = parser.parse_args()
     start, torch_rng = time.monotonic(), torch.manual_seed(0)
-    images, boxes, labels, _, _, category_ids = load(args.data / "train.json", args.data / "train", args.size)
-    val_images, _, _, val_scales, val_ids, _ = load(args.data / "val.json", args.data / "val", args.size)
+    images, boxes, labels, _, _, category_ids = load(args.data / "train.json", args.data / "images", args.size)
+    val_images, _, _, val_scales, val_ids, _ = load(args.data / "val.json", args.data / "images", args.size)
     out = args.size // 4
     encoded = [targets(b, lab, len(category_ids), out) for b, lab in zip(boxes, labels)]
     flipped = [targets(np.stack([args.size - b[:, 2], b[:, 1], args.size - b[:, 0], b[:, 3]], 1) if len(b) else b, lab,
