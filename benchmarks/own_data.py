@@ -46,7 +46,7 @@ def run(command: list[str], log: Path) -> tuple[dict[str, float], float]:
     with log.open("w") as out:
         subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True)
     seconds = time.monotonic() - start
-    matches = re.findall(r"mAP=([0-9.]+) (?:val/)?mAP50=([0-9.]+)", log.read_text())
+    matches = re.findall(r"mAP=([0-9.]+|nan) (?:val/)?mAP50=([0-9.]+|nan)", log.read_text())
     return {"mAP": float(matches[-1][0]), "mAP50": float(matches[-1][1])}, seconds
 
 

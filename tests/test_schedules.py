@@ -87,6 +87,9 @@ class Regression(pl.LightningModule):
         x, y = batch
         return torch.nn.functional.mse_loss(self.layer(x), y)
 
+    def validation_step(self, batch, batch_idx):
+        self.validated_at = self.global_step
+
     def plan_schedule(self, optimizer, total_steps):
         return one_cycle(optimizer, total_steps, MAX_LR)
 
@@ -97,7 +100,7 @@ class Regression(pl.LightningModule):
 
 
 class FakeClock(pl.Callback):
-    """Every training step takes exactly ``step_seconds`` on the Timer's clock."""
+    """Every training step takes exactly ``step_seconds`` on the Timer's clock (validations take no time)."""
 
     def __init__(self, step_seconds: float) -> None:
         self.now = 0.0
@@ -110,8 +113,10 @@ class FakeClock(pl.Callback):
         self.now += self.step_seconds
 
 
-def run_with_budget(monkeypatch, seconds: int, max_epochs: int) -> tuple[Regression, pl.Trainer, FakeClock]:
-    clock = FakeClock(step_seconds=1.0)
+def run_with_budget(
+    monkeypatch, seconds: int, max_epochs: int, step_seconds: float = 1.0
+) -> tuple[Regression, pl.Trainer, FakeClock]:
+    clock = FakeClock(step_seconds)
     monkeypatch.setattr(lightning_timer, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     data = DataLoader(TensorDataset(torch.randn(16, 2), torch.randn(16, 1)), batch_size=2)  # 8 steps per epoch
     model = Regression()
@@ -120,16 +125,17 @@ def run_with_budget(monkeypatch, seconds: int, max_epochs: int) -> tuple[Regress
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(model, data)
+    trainer.fit(model, data, data)
     return model, trainer, clock
 
 
 def test_time_budget_plans_warm_up_peak_and_end_inside_the_budget(monkeypatch):
     model, trainer, clock = run_with_budget(monkeypatch, seconds=100, max_epochs=100_000)
-    # 1 s per step: 7 steps done, 93 s left: 100 steps fit, 96 planned (12 epochs of 8 steps, each validated)
-    assert trainer.global_step == 96 and clock.now <= 100
+    # 1 s per step: 7 steps done, 93 s left: 100 steps fit, 96 planned (12 epochs of 8 steps, each validated),
+    # a cycle over the last 89 steps
+    assert trainer.global_step == 96 and clock.now <= 100 and model.validated_at == 96
     peak = model.rates.index(max(model.rates))
-    assert model.rates[peak] == pytest.approx(MAX_LR, rel=1e-3) and 0 < peak < 20  # the peak: step 8.6 of 96
+    assert model.rates[peak] == pytest.approx(MAX_LR, rel=1e-3) and 0 < peak < 20  # the peak: step 7 + 7.9
     assert model.rates[-1] == pytest.approx(MAX_LR / 25e4, rel=0.01)
     assert all(a >= b for a, b in zip(model.rates[peak:], model.rates[peak + 1 :]))
 
@@ -138,3 +144,11 @@ def test_epochs_that_end_before_the_budget_keep_their_plan(monkeypatch):
     model, trainer, _ = run_with_budget(monkeypatch, seconds=100, max_epochs=5)
     assert trainer.global_step == 40
     assert model.rates[-1] == pytest.approx(MAX_LR / 25e4, rel=0.01)
+
+
+def test_slow_steps_are_planned_after_a_share_of_the_budget(monkeypatch):
+    model, trainer, clock = run_with_budget(monkeypatch, seconds=100, max_epochs=100_000, step_seconds=10.0)
+    # re-planned after step 3 (30 s, beyond 5% of the budget): 7 more steps fit, 8 planned (one epoch):
+    # a 5-step cycle, its peak at its step 1
+    assert trainer.global_step == 8 and clock.now <= 100 and model.validated_at == 8
+    assert model.rates[4] == MAX_LR and model.rates[-1] == pytest.approx(MAX_LR / 25e4, rel=0.01)

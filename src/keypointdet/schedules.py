@@ -64,17 +64,20 @@ class TimeBudgetSchedule(pl.Callback):
 
     The LightningModule plans it first from the trainer's step estimate (``max_epochs`` / ``max_steps``),
     which means nothing under a time budget. This callback times the validation of the sanity check and
-    the ``measure_steps`` training steps after the first ``skip_steps``, then once: plans the steps that fit in
+    the ``measure_steps`` training steps after the first ``skip_steps`` (fewer, at least one, when they take
+    more than ``measure_share`` of the budget), then once: plans the steps that fit in
     the remaining time (validations included; ending with one, see :func:`end_at_validation`), keeps the smaller of that and the current plan (whichever
-    limit ends first), swaps in the module's schedule for that many steps, continued at the current step,
-    and ends the run there (``max_steps``). The plan is in the checkpoint (the callback's state and the
-    scheduler's own ``total_steps``), so a resumed run keeps it. Without ``max_time``, or when the module
+    limit ends first), and when smaller swaps in the module's schedule over the remaining steps (the steps so
+    far were at the very start of the long plan's warm-up, so the new cycle continues from their learning
+    rate: warm-up, peak, annealing) and ends the run there (``max_steps``). The plan is in the checkpoint
+    (the callback's state and the scheduler's own ``total_steps``), so a resumed run keeps it. Without ``max_time``, or when the module
     has no ``plan_schedule`` or the scheduler no ``total_steps``, it does nothing.
     """
 
-    def __init__(self, skip_steps: int = 2, measure_steps: int = 10) -> None:
+    def __init__(self, skip_steps: int = 2, measure_steps: int = 10, measure_share: float = 0.05) -> None:
         self.skip_steps = skip_steps
         self.measure_steps = measure_steps
+        self.measure_share = measure_share
         self.planned_steps: int | None = None
         self._validation_seconds = 0.0
         self._started_at: float | None = None
@@ -114,9 +117,13 @@ class TimeBudgetSchedule(pl.Callback):
             return
         if step == self.skip_steps:
             self._started_at = timer.time_elapsed()
-        if self._started_at is None or step < self.skip_steps + self.measure_steps:
+        measured = step - self.skip_steps
+        budget_share = timer.time_elapsed() / (timer.time_elapsed() + timer.time_remaining())
+        if self._started_at is None or measured < 1:
             return
-        step_seconds = (timer.time_elapsed() - self._started_at) / (step - self.skip_steps)
+        if measured < self.measure_steps and budget_share < self.measure_share:
+            return
+        step_seconds = (timer.time_elapsed() - self._started_at) / measured
         self._started_at = None
         if not self._replannable(trainer, pl_module):
             return
@@ -126,10 +133,8 @@ class TimeBudgetSchedule(pl.Callback):
         total = min(max(end_at_validation(fits, steps_per_validation), step + 1), config.scheduler.total_steps)
         self.planned_steps = total
         if total < config.scheduler.total_steps:
-            scheduler = pl_module.plan_schedule(trainer.optimizers[0], total)
-            scheduler.last_epoch = step - 1
-            scheduler.step()  # the learning rate of step `step`, where the run is
-            config.scheduler = scheduler
+            # the steps so far were at the start of the long plan's warm-up: a whole cycle over the rest
+            config.scheduler = pl_module.plan_schedule(trainer.optimizers[0], total - step)
         trainer.fit_loop.epoch_loop.max_steps = total
         log.info(
             f"time budget: {step_seconds:.3f} s per step, {self._validation_seconds:.1f} s per validation, "

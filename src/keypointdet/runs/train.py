@@ -171,10 +171,13 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
 def final_metrics(
     cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule, trainer: pl.Trainer
 ) -> dict[str, float]:
-    """Validation metrics of the best checkpoint (or of the last validation when there is none)."""
+    """Validation metrics of the best checkpoint (or of the last validation when there is none; of the final
+    weights when no validation ran, e.g. in a time budget shorter than ``check_val_every_n_epoch`` epochs)."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("evaluate_best") and best:
         trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    elif "val/mAP" not in trainer.callback_metrics:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
     return {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
 
 
