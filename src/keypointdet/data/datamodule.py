@@ -103,8 +103,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
             chosen by :meth:`setup`.
         batch_size, val_batch_size: training / evaluation batch (``val_batch_size`` defaults to ``batch_size``).
         num_workers, pin_memory: loader settings; ``"auto"``: :func:`auto_num_workers` of the CPUs this process
-            may use (``os.sched_getaffinity``) shared by the devices of the node, and pinned memory only when
-            training on a GPU.
+            may use (``os.sched_getaffinity``), and pinned memory only when a GPU is available.
         augment: keyword arguments of :class:`TrainTransform` (scales, border, flip, color_jitter, lighting).
         mean, std: normalisation (0-1 scale, RGB).
         seed: base seed of the training order and augmentation (None: drawn from torch's generator).
@@ -192,18 +191,18 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             # every rank must draw the same order (the distributed sampler shards it), also when seed=null
             self.seed = self.trainer.strategy.broadcast(self.seed, src=0)
+        if self.input_size is not None and self.input_size % self.size_divisor:
+            raise ValueError(
+                f"data.input_size={self.input_size} must be a multiple of the backbone's {self.size_divisor}"
+            )
         mean, std = self.hparams.mean, self.hparams.std
         if stage in (None, "fit"):
             # the training set is read once: its image sizes choose the input size, then its transform is set
             self.train_dataset = self.make_dataset("train", None, self.encoder)
             self.input_size = self.choose_input_size(self.train_dataset)
         self.val_dataset = self.make_dataset("val", None, None)
-        if self.input_size is None:
+        if self.input_size is None:  # auto, validation only: the rule on the validation images
             self.input_size = self.choose_input_size(self.val_dataset)
-        if self.input_size % self.size_divisor:
-            raise ValueError(
-                f"data.input_size={self.input_size} must be a multiple of the backbone's {self.size_divisor}"
-            )
         if self.train_dataset is not None:
             augment = self.hparams.augment or {}
             self.train_dataset.transform = TrainTransform(self.input_size, mean=mean, std=std, **augment)
