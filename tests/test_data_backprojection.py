@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_coco, write_image
 from oracles import centernet_oracle, cornernet_oracle, decoded_results
 

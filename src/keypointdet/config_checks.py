@@ -61,7 +61,7 @@ def check_training_config(cfg: DictConfig) -> None:
     check_tta(model.get("tta"))
     divisor = backbone_size_divisor(cfg.backbone)
     _require(
-        data.input_size % divisor == 0,
+        data.input_size == "auto" or data.input_size % divisor == 0,
         f"data.input_size={data.input_size}: must be a multiple of the backbone's size divisor {divisor} "
         f"(e.g. {round(data.input_size / divisor) * divisor or divisor})",
     )

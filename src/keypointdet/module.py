@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from pycocotools.coco import COCO
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from keypointdet.boxes import BoxMapping
 from keypointdet.checkpoints import METADATA_KEY, metadata
@@ -34,7 +36,8 @@ class DetectionModule(pl.LightningModule):
         detector: the network, its loss and its decoder.
         ground_truth: the validation annotations (or a callable returning them) for the COCO mAP.
         input_record: how the DataModule prepares images (``input_size``, ``mean``, ``std``; stored in
-            checkpoints for inference).
+            checkpoints for inference), or a callable returning it, read when a checkpoint is saved (the
+            DataModule chooses ``input_size="auto"`` when it reads the training set).
         optimizer: Hydra config of a partial optimizer (``_partial_: true``), completed with the parameters.
         scheduler: Hydra config of a partial LR scheduler (or None), completed with the optimizer and, when it
             takes ``total_steps``, the trainer's estimated number of steps.
@@ -47,7 +50,7 @@ class DetectionModule(pl.LightningModule):
         self,
         detector: KeypointDetector,
         ground_truth: COCO | Callable[[], COCO],
-        input_record: Mapping[str, Any],
+        input_record: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         scheduler_interval: str = "epoch",
@@ -57,7 +60,7 @@ class DetectionModule(pl.LightningModule):
         super().__init__()
         self.detector = detector
         self.metric = CocoMeanAveragePrecision(ground_truth, detector.category_ids, detector.max_detections, voc07)
-        self.input_record = dict(input_record)
+        self._input_record = input_record
         self.optimizer_config = plain(optimizer) if optimizer else None
         self.scheduler_config = plain(scheduler) if scheduler else None
         self.scheduler_interval = scheduler_interval
@@ -126,13 +129,22 @@ class DetectionModule(pl.LightningModule):
         optimizer = instantiate(self.optimizer_config)(params=self.parameters())
         if self.scheduler_config is None:
             return {"optimizer": optimizer}
+        scheduler = self.plan_schedule(optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def plan_schedule(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
+        """The configured scheduler of ``optimizer``, given ``total_steps`` when it takes them (re-planned
+        under a time budget by :class:`keypointdet.schedules.TimeBudgetSchedule`)."""
         scheduler = instantiate(self.scheduler_config)
-        kwargs = {}
-        if "total_steps" in inspect.signature(scheduler).parameters:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        schedule = {"scheduler": scheduler(optimizer=optimizer, **kwargs), "interval": self.scheduler_interval}
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        kwargs = {"total_steps": total_steps} if "total_steps" in inspect.signature(scheduler).parameters else {}
+        return scheduler(optimizer=optimizer, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the detector (:func:`keypointdet.inference.load_detector`)."""
         checkpoint[METADATA_KEY] = metadata(self.detector, self.input_record)
+
+    @property
+    def input_record(self) -> dict[str, Any]:
+        """How images are prepared for the network (``input_size``, ``mean``, ``std``)."""
+        record = self._input_record() if callable(self._input_record) else self._input_record
+        return dict(record)

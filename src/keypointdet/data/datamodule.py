@@ -13,19 +13,25 @@ batches an uninterrupted run would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pycocotools.coco import COCO
-from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data import DataLoader, Sampler
 
 from keypointdet.data.coco import CocoDetection, Encoder, Transform
+from keypointdet.data.loading import (  # collate, EpochSampler and the auto rules: public here too (README)
+    AUTO,
+    EpochSampler,
+    auto_input_size,
+    auto_num_workers,
+    chosen_input_size,
+    collate,
+    loader_settings,
+)
 from keypointdet.data.synthetic import generate_dataset
 from keypointdet.data.transforms import (
     EVAL_RESIZES,
@@ -36,50 +42,17 @@ from keypointdet.data.transforms import (
     TrainTransform,
 )
 from keypointdet.data.voc import VOC_CLASSES, VOCDetection, parse_set
+from keypointdet.log import get_logger
 
-
-def collate(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack samples; images of different sizes (evaluation letterbox) are zero-padded bottom / right."""
-    height = max(sample["image"].shape[-2] for sample in samples)
-    width = max(sample["image"].shape[-1] for sample in samples)
-    for sample in samples:
-        image = sample["image"]
-        if image.shape[-2:] != (height, width):
-            sample["image"] = F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2]))
-    return default_collate(samples)
-
-
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Random order and per-sample augmentation seeds, both a function of ``(seed, epoch)`` only.
-
-    Yields ``(index, sample_seed)`` pairs: a permutation of ``range(num_samples)`` and independent
-    32-bit seeds, drawn from ``numpy.random.default_rng([seed, epoch])``. Lightning calls
-    :meth:`set_epoch` before every epoch (also when resuming); without it every pass repeats epoch 0.
-    """
-
-    def __init__(self, num_samples: int, seed: int) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.num_samples)
-        seeds = rng.integers(0, 2**32, size=self.num_samples)
-        return iter(zip(order.tolist(), seeds.tolist()))
-
+log = get_logger(__name__)
 
 class BaseDetectionDataModule(pl.LightningDataModule):
     """Train / val dataloaders over a detection dataset; subclasses say where the data is.
 
     Args:
-        input_size: side of the square training input; the ``letterbox`` evaluation resizes the long side to it.
+        input_size: side of the square training input; evaluation resizes the long side to it. ``"auto"``:
+            :func:`auto_input_size` of the training images (of the validation images when only they are read),
+            chosen by :meth:`setup`.
         eval_resize: the evaluation protocol: ``letterbox`` (long side to ``input_size``, padded bottom / right to
             the backbone's size divisor) or ``native`` (the official tests: each image at its own resolution,
             centred in a canvas of :func:`~keypointdet.data.transforms.native_canvas_side`).
@@ -87,6 +60,8 @@ class BaseDetectionDataModule(pl.LightningDataModule):
             above the image side (minus one with ``native_minus_one``): official CenterNet ``--keep_res`` 32
             (ResNet, DLA) or 128 (hourglass); CornerNet 128 minus one (``side | 127``).
         batch_size, val_batch_size: training / evaluation batch (``val_batch_size`` defaults to ``batch_size``).
+        num_workers, pin_memory: loader settings; ``"auto"``: :func:`auto_num_workers` of the CPUs this process
+            may use (``os.sched_getaffinity``), and pinned memory only when a GPU is available.
         augment: keyword arguments of :class:`TrainTransform` (scales, border, flip, color_jitter, lighting).
         mean, std: normalisation (0-1 scale, RGB).
         seed: base seed of the training order and augmentation (None: drawn from torch's generator).
@@ -95,11 +70,11 @@ class BaseDetectionDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        input_size: int = 512,
+        input_size: int | str = 512,
         batch_size: int = 32,
         val_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = False,
+        num_workers: int | str = 4,
+        pin_memory: bool | str = False,
         augment: dict[str, Any] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -115,6 +90,8 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         # also records the arguments of the subclass being constructed
         self.save_hyperparameters(logger=False)
         self.seed = int(torch.randint(2**31, ())) if seed is None else int(seed)
+        self.input_size: int | None = None if input_size == AUTO else int(input_size)
+        self.num_workers, self.pin_memory = loader_settings(num_workers, pin_memory)
         self.encoder: Encoder | None = None
         self.stride = 4
         self.size_divisor = 32
@@ -128,8 +105,8 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         """The dataset's categories (``id``, ``name``) sorted by id: label ``i`` is the ``i``-th."""
         raise NotImplementedError
 
-    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> CocoDetection:
-        """The ``"train"`` or ``"val"`` dataset."""
+    def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> CocoDetection:
+        """The ``"train"`` or ``"val"`` dataset (``transform`` may be set later, before loading samples)."""
         raise NotImplementedError
 
     def configure_targets(self, encoder: Encoder | None, stride: int, size_divisor: int) -> None:
@@ -139,7 +116,16 @@ class BaseDetectionDataModule(pl.LightningDataModule):
 
     def input_record(self) -> dict[str, Any]:
         """How images are prepared for the network (stored in checkpoints): letterbox side and normalisation."""
-        return {"input_size": self.hparams.input_size, "mean": list(self.hparams.mean), "std": list(self.hparams.std)}
+        if self.input_size is None:
+            raise RuntimeError("data.input_size=auto is chosen from the images by setup(): call it first")
+        return {"input_size": self.input_size, "mean": list(self.hparams.mean), "std": list(self.hparams.std)}
+
+    def choose_input_size(self, dataset: CocoDetection) -> int:
+        """The configured input size, or with ``input_size="auto"`` the one :func:`auto_input_size` picks from
+        ``dataset``'s image sizes (logged)."""
+        if self.hparams.input_size != AUTO:
+            return int(self.hparams.input_size)
+        return chosen_input_size(dataset, self.size_divisor)
 
     def ground_truth(self) -> COCO:
         """The validation annotations (checked, as evaluated) once :meth:`setup` has run."""
@@ -151,16 +137,22 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             # every rank must draw the same order (the distributed sampler shards it), also when seed=null
             self.seed = self.trainer.strategy.broadcast(self.seed, src=0)
-        if self.hparams.input_size % self.size_divisor:
+        if self.input_size is not None and self.input_size % self.size_divisor:
             raise ValueError(
-                f"data.input_size={self.hparams.input_size} must be a multiple of the backbone's {self.size_divisor}"
+                f"data.input_size={self.input_size} must be a multiple of the backbone's {self.size_divisor}"
             )
         mean, std = self.hparams.mean, self.hparams.std
         if stage in (None, "fit"):
+            # the training set is read once: its image sizes choose the input size, then its transform is set
+            self.train_dataset = self.make_dataset("train", None, self.encoder)
+            self.input_size = self.choose_input_size(self.train_dataset)
+        self.val_dataset = self.make_dataset("val", None, None)
+        if self.input_size is None:  # auto, validation only: the rule on the validation images
+            self.input_size = self.choose_input_size(self.val_dataset)
+        if self.train_dataset is not None:
             augment = self.hparams.augment or {}
-            train_transform = TrainTransform(self.hparams.input_size, mean=mean, std=std, **augment)
-            self.train_dataset = self.make_dataset("train", train_transform, self.encoder)
-        self.val_dataset = self.make_dataset("val", self.eval_transform(), None)
+            self.train_dataset.transform = TrainTransform(self.input_size, mean=mean, std=std, **augment)
+        self.val_dataset.transform = self.eval_transform()
         if self.train_dataset is not None and self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(f"{self.train_dataset.source} and {self.val_dataset.source} list different category ids")
 
@@ -168,7 +160,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         """The evaluation transform that ``data.eval_resize`` selects (validation during training and eval.py)."""
         mean, std = self.hparams.mean, self.hparams.std
         if self.hparams.eval_resize == "letterbox":
-            return Letterbox(self.hparams.input_size, self.size_divisor, mean, std)
+            return Letterbox(self.input_size, self.size_divisor, mean, std)
         if self.hparams.native_multiple % self.size_divisor:
             raise ValueError(
                 f"data.native_multiple={self.hparams.native_multiple} must be a multiple of the backbone's "
@@ -196,15 +188,14 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         return self._loader(self.val_dataset, batch_size, sampler=None, drop_last=False)
 
     def _loader(self, dataset: CocoDetection, batch_size: int, sampler: Sampler | None, drop_last: bool) -> DataLoader:
-        workers = self.hparams.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last and len(dataset) >= batch_size,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             collate_fn=collate,
         )
 
@@ -258,7 +249,7 @@ class DetectionDataModule(BaseDetectionDataModule):
             raise ValueError(f"cannot read 'categories' from {self.train_ann}: {error}") from error
         return sorted(categories, key=lambda cat: cat["id"])
 
-    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> CocoDetection:
+    def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> CocoDetection:
         ann_file, img_dir = (
             (self.train_ann, self.train_img_dir) if split == "train" else (self.val_ann, self.val_img_dir)
         )
@@ -291,6 +282,6 @@ class VOCDataModule(BaseDetectionDataModule):
     def categories(self) -> list[dict[str, Any]]:
         return [{"id": i + 1, "name": name} for i, name in enumerate(VOC_CLASSES)]
 
-    def make_dataset(self, split: str, transform: Transform, encoder: Encoder | None) -> VOCDetection:
+    def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> VOCDetection:
         sets = self.hparams.train_sets if split == "train" else self.hparams.val_sets
         return VOCDetection(self.hparams.root, list(sets), transform, encoder, self.stride, self.hparams.strict)

@@ -218,23 +218,32 @@ class TrainTransform:
         }
 
 
-class Letterbox:
-    """Evaluation transform: resize the long side to ``input_size`` at the image's aspect ratio,
-    pad bottom / right to a multiple of ``size_divisor``, and record the mapping."""
+class EvaluationTransform:
+    """Shared part of the deterministic evaluation transforms: normalisation, and the sample they return."""
 
-    def __init__(
-        self,
-        input_size: int,
-        size_divisor: int = 32,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        self.input_size = input_size
-        self.size_divisor = size_divisor
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.mean, self.std = mean, std
 
     def set_random_seed(self, seed: int) -> None:
         """Deterministic: nothing to seed."""
+
+    @staticmethod
+    def sample(canvas: Tensor, boxes: np.ndarray, labels: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> dict:
+        """The network input ``canvas``, boxes mapped to it by ``input = original * scale + shift``, the mapping."""
+        boxes = boxes.reshape(-1, 4) * np.tile(scale, 2) + np.tile(shift, 2)
+        return {"image": canvas, "boxes": boxes, "labels": labels, "scale": scale, "shift": shift}
+
+
+class Letterbox(EvaluationTransform):
+    """Evaluation transform: resize the long side to ``input_size`` at the image's aspect ratio,
+    pad bottom / right to a multiple of ``size_divisor``, and record the mapping."""
+
+    def __init__(
+        self, input_size: int, size_divisor: int = 32, mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:  # fmt: skip
+        super().__init__(mean, std)
+        self.input_size, self.size_divisor = input_size, size_divisor
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """``image [H, W, 3]`` uint8 RGB -> padded image, boxes in input pixels, ``scale``, ``shift``."""
@@ -245,14 +254,7 @@ class Letterbox:
         # Zero after normalisation is the mean colour, the same as the training padding.
         canvas = torch.zeros((3, padded_height, padded_width))
         canvas[:, :new_height, :new_width] = _normalise(resized, self.mean, self.std)
-        scale = np.array([new_width / width, new_height / height])
-        return {
-            "image": canvas,
-            "boxes": boxes.reshape(-1, 4) * np.tile(scale, 2),
-            "labels": labels,
-            "scale": scale,
-            "shift": np.zeros(2),
-        }
+        return self.sample(canvas, boxes, labels, np.array([new_width / width, new_height / height]), np.zeros(2))
 
 
 # How the evaluation transform resizes (``data.eval_resize``): the long side to ``input_size``, or not at all.
@@ -266,23 +268,17 @@ def native_canvas_side(side: int, multiple: int, minus_one: bool = False) -> int
     return round_up(side + 1, multiple) - int(minus_one)
 
 
-class NativeResolution:
+class NativeResolution(EvaluationTransform):
     """Evaluation transform of the official tests: the image at its own resolution, centred in a zero canvas
     of :func:`native_canvas_side` per axis (offset ``canvas // 2 - side // 2``, as the official
     ``get_affine_transform`` / ``crop_image``), with ``scale = 1`` and that offset as ``shift`` recorded."""
 
     def __init__(
-        self,
-        multiple: int = 32,
-        minus_one: bool = False,
-        mean: Sequence[float] = IMAGENET_MEAN,
+        self, multiple: int = 32, minus_one: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    ) -> None:  # fmt: skip
+        super().__init__(mean, std)
         self.multiple, self.minus_one = multiple, minus_one
-        self.mean, self.std = mean, std
-
-    def set_random_seed(self, seed: int) -> None:
-        """Deterministic: nothing to seed."""
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """``image [H, W, 3]`` uint8 RGB -> centred in its canvas, boxes in input pixels, ``scale``, ``shift``."""
@@ -292,11 +288,4 @@ class NativeResolution:
         top, left = canvas_height // 2 - height // 2, canvas_width // 2 - width // 2
         canvas = torch.zeros((3, canvas_height, canvas_width))
         canvas[:, top : top + height, left : left + width] = _normalise(image, self.mean, self.std)
-        shift = np.array([left, top], dtype=np.float64)
-        return {
-            "image": canvas,
-            "boxes": boxes.reshape(-1, 4) + np.tile(shift, 2),
-            "labels": labels,
-            "scale": np.ones(2),
-            "shift": shift,
-        }
+        return self.sample(canvas, boxes, labels, np.ones(2), np.array([left, top], dtype=np.float64))

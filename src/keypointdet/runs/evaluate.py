@@ -25,9 +25,10 @@ from keypointdet.runs.train import report
 
 
 def build_datamodule(cfg: DictConfig, checkpoint: Mapping[str, Any], ckpt_path: str) -> BaseDetectionDataModule:
-    """``cfg.data`` when given, else the DataModule the checkpoint was trained with; normalised as the
-    checkpoint's detector expects."""
-    normalisation = {key: checkpoint_metadata(checkpoint, ckpt_path)["input"][key] for key in ("mean", "std")}
+    """``cfg.data`` when given, else the DataModule the checkpoint was trained with at the input size it
+    trained at; normalised as the checkpoint's detector expects."""
+    record = checkpoint_metadata(checkpoint, ckpt_path)["input"]
+    normalisation = {key: record[key] for key in ("mean", "std")}
     if cfg.get("data"):
         return instantiate(cfg.data, _convert_="all", **normalisation)
     hyper_parameters = checkpoint.get("datamodule_hyper_parameters")
@@ -35,7 +36,7 @@ def build_datamodule(cfg: DictConfig, checkpoint: Mapping[str, Any], ckpt_path: 
         raise ValueError(f"{ckpt_path} has no datamodule_hyper_parameters: give the dataset with data=...")
     # VOC is the DataModule with image sets; every other dataset is COCO-format files
     datamodule_class = VOCDataModule if "train_sets" in hyper_parameters else DetectionDataModule
-    return datamodule_class(**{**hyper_parameters, **normalisation})
+    return datamodule_class(**{**hyper_parameters, **normalisation, "input_size": record["input_size"]})
 
 
 @rank_zero_only
@@ -60,7 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.configure_targets(None, detector.stride, detector.size_divisor)
     tta = cfg.model.get("tta") if cfg.get("model") else None
     model = DetectionModule(
-        detector, datamodule.ground_truth, datamodule.input_record(), tta=tta, voc07=datamodule.voc07_metric
+        detector, datamodule.ground_truth, datamodule.input_record, tta=tta, voc07=datamodule.voc07_metric
     )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.validate(model, datamodule=datamodule, verbose=False)

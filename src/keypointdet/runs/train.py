@@ -25,9 +25,12 @@ from keypointdet.checkpoints import initialise_from, load_checkpoint
 from keypointdet.config_checks import check_training_config
 from keypointdet.data.datamodule import BaseDetectionDataModule
 from keypointdet.detectors import KeypointDetector
+from keypointdet.diagnosis import POOR_MAP, LearningCheck, data_findings, paragraph
 from keypointdet.log import get_logger
 from keypointdet.metrics import format_table
 from keypointdet.module import DetectionModule
+from keypointdet.schedules import TimeBudgetSchedule
+from keypointdet.tools.dataset_stats import dataset_statistics
 
 log = get_logger(__name__)
 
@@ -153,7 +156,7 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
     model = DetectionModule(
         detector,
         ground_truth=datamodule.ground_truth,
-        input_record=datamodule.input_record(),
+        input_record=datamodule.input_record,
         optimizer=cfg.model.optimizer,
         scheduler=cfg.model.get("scheduler"),
         scheduler_interval=cfg.model.get("scheduler_interval", "epoch"),
@@ -164,7 +167,8 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         default_wandb_mode()
         configure_sweep_wandb(cfg)
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+    callbacks = [*instantiate_group(cfg.get("callbacks")), TimeBudgetSchedule(), LearningCheck()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_multirun_strategy(trainer)
     global_batch_size = cfg.data.batch_size * trainer.num_devices * trainer.num_nodes
     log.info(
@@ -179,10 +183,13 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
 def final_metrics(
     cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule, trainer: pl.Trainer
 ) -> dict[str, float]:
-    """Validation metrics of the best checkpoint (or of the last validation when there is none)."""
+    """Validation metrics of the best checkpoint (or of the last validation when there is none; of the final
+    weights when no validation ran, e.g. in a time budget shorter than ``check_val_every_n_epoch`` epochs)."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("evaluate_best") and best:
         trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    elif "val/mAP" not in trainer.callback_metrics:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
     return {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
 
 
@@ -202,6 +209,23 @@ def finish_wandb(exit_code: int) -> None:
     """
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def learning_check(
+    datamodule: BaseDetectionDataModule, model: DetectionModule, trainer: pl.Trainer, metrics: dict[str, float]
+) -> str | None:
+    """The learning check's paragraph (:mod:`keypointdet.diagnosis`) when ``val/mAP`` is below ``POOR_MAP``."""
+    mean_ap = metrics.get("val/mAP")
+    if mean_ap is None or mean_ap >= POOR_MAP or datamodule.train_dataset is None:
+        return None
+    detector, dataset = model.detector, datamodule.train_dataset
+    input_size = datamodule.input_record()["input_size"]
+    stats = dataset_statistics(dataset, input_size, detector.stride, **detector.encoder.settings())
+    findings = data_findings(dataset, input_size, detector.stride, stats)
+    for callback in trainer.callbacks:
+        if isinstance(callback, LearningCheck):
+            findings += callback.findings(model.optimizer_config["lr"])
+    return paragraph(findings, mean_ap)
 
 
 @rank_zero_only
@@ -233,6 +257,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = final_metrics(cfg, datamodule, model, trainer)
         log_per_class_ap(trainer.loggers, metrics)
+        diagnosis = learning_check(datamodule, model, trainer, metrics)
+        if diagnosis:
+            log.warning(diagnosis)
     except SIGTERMException as stop:
         finish_wandb(exit_code=1)
         raise SystemExit(f"stopped by SIGTERM / SIGINT; {resume_command(trainer)}") from stop

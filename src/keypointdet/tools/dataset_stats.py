@@ -11,7 +11,9 @@ for the train and val splits, at the scale the network sees them (the long side 
   so only one of them gets a peak (the CenterNet paper's statistic), and for CornerNet the same for the
   top-left and the bottom-right corners;
 - box sizes in input pixels and the gaussian radii (in output cells) they get with the model's
-  ``min_overlap`` and ``radius_variant``.
+  ``min_overlap`` and ``radius_variant``;
+- the learning check of the training split (:mod:`keypointdet.diagnosis`): image scale, objects smaller than
+  the stride, centre collisions, classes with few images.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ from omegaconf import DictConfig
 from keypointdet.boxes import letterbox_size
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.encode import gaussian_radius
-from keypointdet.data.transforms import Letterbox
 from keypointdet.detectors import CornerNet
+from keypointdet.diagnosis import data_findings, paragraph
 from keypointdet.runs import hydra_main
-from keypointdet.runs.train import build_detector
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 
@@ -130,20 +131,26 @@ def format_statistics(stats: dict[str, Any], corners: bool) -> str:
 
 def report(cfg: DictConfig) -> str:
     """The statistics of both splits of ``cfg.data`` for the targets and stride of the detector of ``cfg``."""
+    from keypointdet.runs.train import build_detector  # here: runs.train uses this module's statistics
+
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     detector = build_detector(cfg.model, cfg.backbone, datamodule.categories())
+    datamodule.configure_targets(None, detector.stride, detector.size_divisor)
     settings = detector.encoder.settings()
-    input_size = cfg.data.input_size
+    datasets = {split: datamodule.make_dataset(split, None, None) for split in ("train", "val")}
+    input_size = datamodule.choose_input_size(datasets["train"])
     sections = [
         f"model {type(detector).__name__}: stride {detector.stride}, input {input_size} (long side), "
         + ", ".join(f"{key} {value}" for key, value in settings.items())
     ]
     corners = isinstance(detector, CornerNet)
-    for split in ("train", "val"):
-        dataset = datamodule.make_dataset(split, Letterbox(input_size), None)
+    for split, dataset in datasets.items():
         stats = dataset_statistics(dataset, input_size, detector.stride, **settings)
         sections.append(f"\n[{split}] {dataset.source}\n{format_statistics(stats, corners)}")
+        if split == "train":
+            findings = data_findings(dataset, input_size, detector.stride, stats)
+    sections.append("\n" + paragraph(findings))
     return "\n".join(sections)
 
 
