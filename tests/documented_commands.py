@@ -115,6 +115,10 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python eval.py ckpt_path=FILE data=coco data.root=/data/coco2017": (),
     "python eval.py ckpt_path=FILE trainer.devices=2 trainer.strategy=ddp": Slow(),
     "python predict.py ckpt_path=FILE input=image.jpg output=out/": (),
+    "python predict.py ckpt_path=FILE input=clip.mp4 output=out/": (),
+    "python predict.py ckpt_path=FILE input=0 output=out/ max_frames=300": NotRun(
+        "needs a camera; tests/test_video.py runs camera 0 as a patched capture of a video, without a display"
+    ),
     "python eval.py ckpt_path=FILE model.tta.flip=true": (),
     "python eval.py ckpt_path=FILE model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
     "python eval.py ckpt_path=... model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
