@@ -125,6 +125,11 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python eval.py ckpt_path=FILE tta=multiscale": Slow(),
     "python -m keypointdet.export ckpt_path=FILE format=onnx output=model.onnx [input_size=512] [batch_size=1]": (),
     "python -m keypointdet.export ckpt_path=FILE format=torchscript output=model.pt": (),
+    "python -m keypointdet.export ckpt_path=FILE format=onnx output=model.onnx": Slow(),  # an ONNX export: ~30 s
+    "python -m keypointdet.export ckpt_path=FILE format=onnx outputs=raw output=raw.onnx": Slow(),
+    "python predict.py runtime=onnxruntime ckpt_path=model.onnx input=IMAGE_OR_DIR output=DIR": NotRun(
+        "needs an ONNX export: tests/test_runtime.py runs this command on one"
+    ),
     "python train.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt [the run's overrides]": (),
     # Safety and failure behaviour
     "python train.py ckpt_path=<run>/checkpoints/last.ckpt [the run's overrides]": (),
