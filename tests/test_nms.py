@@ -116,3 +116,15 @@ def test_checkpoints_rebuild_the_nms_and_the_torchscript_export_applies_it(nms_c
             suppressed += int((pytorch_detections(detector, image)[1] > 0).sum() - (expected[1] > 0).sum())
             detector.nms = "class"
     assert suppressed > 0  # the NMS did something
+
+
+@pytest.mark.slow  # an ONNX export: 30-60 s on 2 shared cores
+def test_the_onnx_export_applies_the_nms(nms_checkpoint, tmp_path):
+    import onnxruntime
+
+    detector = load_detector(nms_checkpoint)
+    output = main([f"ckpt_path={nms_checkpoint}", "format=onnx", f"output={tmp_path / 'nms.onnx'}"])
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    for seed, (batch, side) in enumerate([(1, 64), (3, 96)]):
+        image = random_images(batch, side, seed)
+        assert_same_detections(session.run(None, {"image": image.numpy()}), pytorch_detections(detector, image))

@@ -300,7 +300,8 @@ def hard_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float
     descending score (ties in their previous order), so that whatever reads decoded detections reads these.
     The IoUs are computed in float64, where ``batched_nms``'s two strategies (a loop over the groups, or one
     NMS with every group shifted apart, its choice under tracing) add no rounding: eager and exported
-    detectors keep the same boxes.
+    detectors keep the same boxes. Except under ``torch.export`` (the ONNX export): ONNX's ``NonMaxSuppression``
+    takes float32 only, so an ONNX graph may decide differently for an IoU within float32 rounding of the threshold.
     """
     from torchvision.ops import batched_nms
 
@@ -308,7 +309,9 @@ def hard_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float
     groups = labels if class_wise else torch.zeros_like(labels)
     # Every image its own groups: (image, label) -> image * (max label + 1) + label.
     groups = groups + torch.arange(batch, device=labels.device).unsqueeze(1) * (labels.max() + 1 if class_wise else 1)
-    keep = batched_nms(boxes.reshape(-1, 4).double(), scores.reshape(-1).double(), groups.reshape(-1), iou_threshold)
+    precision = torch.float32 if torch.compiler.is_exporting() else torch.float64
+    flat_boxes, flat_scores = boxes.reshape(-1, 4).to(precision), scores.reshape(-1).to(precision)
+    keep = batched_nms(flat_boxes, flat_scores, groups.reshape(-1), iou_threshold)
     kept = torch.zeros(batch * k, dtype=torch.bool, device=scores.device)
     kept = kept.scatter(0, keep, torch.ones_like(keep, dtype=torch.bool)).view(batch, k)
     scores, order = top_k(torch.where(kept, scores, torch.zeros_like(scores)), k)
