@@ -188,7 +188,8 @@ def check_outputs(argv: list[str], run_dir: Path, workspace: Path) -> None:
         if arguments["input"].endswith(".mp4"):  # a video: the drawn video and one JSON line per frame
             name = Path(arguments["input"]).stem
             assert (output / f"{name}.mp4").stat().st_size > 0
-            assert all(json.loads(line)["frame"] == i for i, line in enumerate((output / f"{name}.jsonl").read_text().splitlines()))
+            lines = (output / f"{name}.jsonl").read_text().splitlines()
+            assert lines and all(json.loads(line)["frame"] == i for i, line in enumerate(lines))
         else:
             assert json.loads((output / "detections.json").read_text())
     elif entry.endswith("export"):

@@ -78,8 +78,9 @@ def test_without_nms_the_detections_are_the_decoder_s():
     assert detector.nms is None and detector.settings()["nms"] is None
     with torch.no_grad():
         outputs = detector(random_images(2, 64, seed=0))[-1]
-        for result, expected in zip(detector.decode(outputs), centernet_decode(outputs["heatmap"], outputs["size"], outputs["offset"], k=20)):
-            assert torch.equal(result, expected)
+        expected = centernet_decode(outputs["heatmap"], outputs["size"], outputs["offset"], k=20)
+        for result, reference in zip(detector.decode(outputs), expected, strict=True):
+            assert torch.equal(result, reference)
 
 
 def test_nms_setting_is_validated():
@@ -105,7 +106,8 @@ def nms_checkpoint(tiny_dataset, tmp_path_factory):
 def test_checkpoints_rebuild_the_nms_and_the_torchscript_export_applies_it(nms_checkpoint, tmp_path):
     detector = load_detector(nms_checkpoint)
     assert (detector.nms, detector.nms_iou) == ("class", 0.2)
-    scripted = torch.jit.load(str(main([f"ckpt_path={nms_checkpoint}", "format=torchscript", f"output={tmp_path / 'nms.pt'}"])))
+    output = main([f"ckpt_path={nms_checkpoint}", "format=torchscript", f"output={tmp_path / 'nms.pt'}"])
+    scripted = torch.jit.load(str(output))
     suppressed = 0
     with torch.no_grad(), torch.jit.optimized_execution(False):
         for seed, (batch, side) in enumerate([(1, 64), (3, 96)]):

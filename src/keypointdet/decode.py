@@ -291,7 +291,9 @@ def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
 NMS_MODES = ("class", "agnostic")
 
 
-def hard_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, class_wise: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def hard_nms(
+    boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, class_wise: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """Greedy NMS of every image's detections (``boxes [B, K, 4]`` xyxy, ``scores [B, K]``, ``labels [B, K]``)
     with :func:`torchvision.ops.batched_nms`: a detection is dropped when it overlaps a better one (of its
     class with ``class_wise``, of any class otherwise) by more than ``iou_threshold``.

@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> dict[str, list[Detection]] | Path:
     annotated video and the per-frame JSON lines (:func:`keypointdet.runs.video.predict_stream`), whose path
     is returned."""
     if cfg.get("ckpt_path") is None or cfg.get("input") is None:
-        raise ValueError("give the checkpoint and the input: python predict.py ckpt_path=FILE input=IMAGE_DIR_VIDEO_OR_CAMERA")
+        raise ValueError("give the checkpoint and the input: python predict.py ckpt_path=FILE input=IMAGE_DIR_VIDEO_CAMERA")
     from keypointdet.runs.video import is_stream, predict_stream
 
     if not is_stream(cfg.input):
