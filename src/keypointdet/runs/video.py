@@ -91,6 +91,8 @@ def predict_stream(
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                     writer = cv2.VideoWriter(str(video_path), fourcc, rate, (drawn.shape[1], drawn.shape[0]))
+                    if not writer.isOpened():
+                        raise RuntimeError(f"OpenCV cannot write an mp4 (mp4v) video to {video_path}")
                 writer.write(drawn)
                 lines.write(json.dumps({"frame": count, "detections": detections}) + "\n")
                 count += 1
