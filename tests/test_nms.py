@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 from keypointdet.checkpoints import checkpoint_metadata, load_checkpoint, save_detector
 from keypointdet.decode import centernet_decode, hard_nms
 from keypointdet.detectors import CenterNet
-from keypointdet.inference import load_detector
+from keypointdet.inference import apply_nms_overrides, load_detector
 
 
 def naive_nms(boxes, scores, labels, iou_threshold, class_wise):
@@ -130,3 +130,14 @@ def test_the_onnx_export_applies_the_nms(nms_checkpoint, tmp_path):
     for seed, (batch, side) in enumerate([(1, 64), (3, 96)]):
         image = random_images(batch, side, seed)
         assert_same_detections(session.run(None, {"image": image.numpy()}), pytorch_detections(detector, image))
+
+
+def test_eval_and_predict_overrides_replace_the_checkpoint_s_nms():
+    detector = tiny_centernet()
+    assert apply_nms_overrides(detector, {"tta": {"flip": False}}).nms is None  # no override: the checkpoint's
+    apply_nms_overrides(detector, {"nms": "agnostic", "nms_iou": 0.3})
+    assert (detector.nms, detector.nms_iou) == ("agnostic", 0.3)
+    apply_nms_overrides(detector, {"nms": None})
+    assert (detector.nms, detector.nms_iou) == (None, 0.3)
+    with pytest.raises(ValueError, match="model.nms must be null or one of"):
+        apply_nms_overrides(detector, {"nms": "soft"})

@@ -86,6 +86,13 @@ class CenterNet(KeypointDetector):
         size = (outputs["size"].float() + mirrored["size"].float().flip(-1)) / 2
         return [centernet_decode_scores(scores, size, outputs["offset"], k=self.max_detections)]
 
+    def set_nms(self, nms: str | None, nms_iou: float | None = None) -> None:
+        """Change ``nms`` (and ``nms_iou``) of a built detector, e.g. ``+model.nms=class`` given to ``eval.py``."""
+        if nms not in (None, *NMS_MODES):
+            raise ValueError(f"model.nms must be null or one of {NMS_MODES}, got {nms!r}")
+        self.nms = nms
+        self.nms_iou = self.nms_iou if nms_iou is None else float(nms_iou)
+
     def class_layers(self) -> list[str]:
         return [f"heads.{i}.heatmap.{len(head.heatmap) - 1}" for i, head in enumerate(self.heads)]
 

@@ -42,9 +42,10 @@ def detector(cfg: DictConfig) -> Callable[[np.ndarray], list[Detection]]:
         from keypointdet.runtime import OnnxDetector
 
         return OnnxDetector(cfg.ckpt_path).predict
-    from keypointdet.inference import load_detector, predict
+    from keypointdet.inference import apply_nms_overrides, load_detector, predict
 
     model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
+    apply_nms_overrides(model, cfg.get("model"))
     return lambda image: predict(model, image)
 
 
