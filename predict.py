@@ -1,4 +1,4 @@
-"""Detect objects in images: ``python predict.py ckpt_path=FILE input=IMAGE_OR_DIR output=DIR [score_threshold=0.3]``."""
+"""Detect objects: ``python predict.py ckpt_path=FILE input=IMAGE_DIR_VIDEO_OR_CAMERA output=DIR [score_threshold=0.3]``."""
 
 import os
 from pathlib import Path
@@ -11,9 +11,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from keypointdet.runs.predict import predict_files
+    from keypointdet.runs.predict import run
 
-    predict_files(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

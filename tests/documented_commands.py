@@ -115,12 +115,21 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python eval.py ckpt_path=FILE data=coco data.root=/data/coco2017": (),
     "python eval.py ckpt_path=FILE trainer.devices=2 trainer.strategy=ddp": Slow(),
     "python predict.py ckpt_path=FILE input=image.jpg output=out/": (),
+    "python predict.py ckpt_path=FILE input=clip.mp4 output=out/": (),
+    "python predict.py ckpt_path=FILE input=0 output=out/ max_frames=300": NotRun(
+        "needs a camera; tests/test_video.py runs camera 0 as a patched capture of a video, without a display"
+    ),
     "python eval.py ckpt_path=FILE model.tta.flip=true": (),
     "python eval.py ckpt_path=FILE model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
     "python eval.py ckpt_path=... model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
     "python eval.py ckpt_path=FILE tta=multiscale": Slow(),
     "python -m keypointdet.export ckpt_path=FILE format=onnx output=model.onnx [input_size=512] [batch_size=1]": (),
     "python -m keypointdet.export ckpt_path=FILE format=torchscript output=model.pt": (),
+    "python -m keypointdet.export ckpt_path=FILE format=onnx output=model.onnx": Slow(),  # an ONNX export: ~30 s
+    "python -m keypointdet.export ckpt_path=FILE format=onnx outputs=raw output=raw.onnx": Slow(),
+    "python predict.py runtime=onnxruntime ckpt_path=model.onnx input=IMAGE_OR_DIR output=DIR": NotRun(
+        "needs an ONNX export: tests/test_runtime.py runs this command on one"
+    ),
     "python train.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt [the run's overrides]": (),
     # Safety and failure behaviour
     "python train.py ckpt_path=<run>/checkpoints/last.ckpt [the run's overrides]": (),

@@ -23,6 +23,7 @@ from conftest import write_image
 from documented_commands import COMMANDS, VARIANTS, NotRun, Slow, documented_commands
 from hydra.core.global_hydra import GlobalHydra
 from test_data_voc import SETS, VOC_IMAGES, write_xml
+from test_video import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("train.py", "eval.py", "predict.py")
@@ -86,6 +87,7 @@ def workspace(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     write_one_image_folder(tiny_dataset, workspace / "mine")
     write_voc(workspace / "VOCdevkit")
     write_image(workspace / "image.jpg", 90, 120)
+    write_video(tiny_dataset, workspace / "clip.mp4")
     (workspace / "a_folder").symlink_to(tiny_dataset / "val")
     (workspace / "data").mkdir()
     (workspace / "data" / "synthetic").symlink_to(tiny_dataset)
@@ -183,7 +185,13 @@ def check_outputs(argv: list[str], run_dir: Path, workspace: Path) -> None:
         assert "val/mAP" in json.loads((run_dir / "metrics.json").read_text())
     elif entry == "predict.py":
         output = workspace / arguments["output"] if "output" in arguments else run_dir
-        assert json.loads((output / "detections.json").read_text())
+        if arguments["input"].endswith(".mp4"):  # a video: the drawn video and one JSON line per frame
+            name = Path(arguments["input"]).stem
+            assert (output / f"{name}.mp4").stat().st_size > 0
+            lines = (output / f"{name}.jsonl").read_text().splitlines()
+            assert lines and all(json.loads(line)["frame"] == i for i, line in enumerate(lines))
+        else:
+            assert json.loads((output / "detections.json").read_text())
     elif entry.endswith("export"):
         assert (workspace / arguments["output"]).stat().st_size > 0
     elif entry.endswith("synthetic"):

@@ -286,3 +286,35 @@ def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
     unmirrored map (the continuous coordinate ``x`` of a mirror is ``width - x``)."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack([width - x2, y1, width - x1, y2], dim=-1)
+
+
+NMS_MODES = ("class", "agnostic")
+
+
+def hard_nms(
+    boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, class_wise: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy NMS of every image's detections (``boxes [B, K, 4]`` xyxy, ``scores [B, K]``, ``labels [B, K]``)
+    with :func:`torchvision.ops.batched_nms`: a detection is dropped when it overlaps a better one (of its
+    class with ``class_wise``, of any class otherwise) by more than ``iou_threshold``.
+
+    The shapes do not change: suppressed detections get score 0 (the padding's) and every row is re-sorted by
+    descending score (ties in their previous order), so that whatever reads decoded detections reads these.
+    The IoUs are computed in float64, where ``batched_nms``'s two strategies (a loop over the groups, or one
+    NMS with every group shifted apart, its choice under tracing) add no rounding: eager and exported
+    detectors keep the same boxes. Except under ``torch.export`` (the ONNX export): ONNX's ``NonMaxSuppression``
+    takes float32 only, so an ONNX graph may decide differently for an IoU within float32 rounding of the threshold.
+    """
+    from torchvision.ops import batched_nms
+
+    batch, k = scores.shape
+    groups = labels if class_wise else torch.zeros_like(labels)
+    # Every image its own groups: (image, label) -> image * (max label + 1) + label.
+    groups = groups + torch.arange(batch, device=labels.device).unsqueeze(1) * (labels.max() + 1 if class_wise else 1)
+    precision = torch.float32 if torch.compiler.is_exporting() else torch.float64
+    flat_boxes, flat_scores = boxes.reshape(-1, 4).to(precision), scores.reshape(-1).to(precision)
+    keep = batched_nms(flat_boxes, flat_scores, groups.reshape(-1), iou_threshold)
+    kept = torch.zeros(batch * k, dtype=torch.bool, device=scores.device)
+    kept = kept.scatter(0, keep, torch.ones_like(keep, dtype=torch.bool)).view(batch, k)
+    scores, order = top_k(torch.where(kept, scores, torch.zeros_like(scores)), k)
+    return boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)), scores, labels.gather(1, order)

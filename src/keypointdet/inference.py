@@ -35,6 +35,17 @@ from keypointdet.tta import TestTimeAugmentation, detect
 __all__ = ["Detection", "detect_batch", "draw_detections", "load_detector", "predict", "to_rgb_array"]
 
 
+def apply_nms_overrides(detector: KeypointDetector, model: Mapping[str, Any] | None) -> KeypointDetector:
+    """``model.nms`` / ``model.nms_iou`` given to ``eval.py`` or ``predict.py`` (``+model.nms=class``) replace the
+    checkpoint's (CenterNet only); without them the checkpoint's own apply."""
+    if model is None or ("nms" not in model and "nms_iou" not in model):
+        return detector
+    if not hasattr(detector, "set_nms"):
+        raise ValueError(f"model.nms applies to CenterNet only, not to {detector.name}")
+    detector.set_nms(model.get("nms", detector.nms), model.get("nms_iou"))
+    return detector
+
+
 def load_detector(
     ckpt_path: str | Path, tta: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu"
 ) -> KeypointDetector:

@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from keypointdet.checkpoints import checkpoint_metadata, detector_from_checkpoint, load_checkpoint
 from keypointdet.data.datamodule import BaseDetectionDataModule, DetectionDataModule, VOCDataModule
+from keypointdet.inference import apply_nms_overrides
 from keypointdet.metrics import Detection
 from keypointdet.module import DetectionModule
 from keypointdet.runs.train import report
@@ -56,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path") is None:
         raise ValueError("give the checkpoint to evaluate: python eval.py ckpt_path=FILE")
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    detector = detector_from_checkpoint(checkpoint, cfg.ckpt_path)
+    detector = apply_nms_overrides(detector_from_checkpoint(checkpoint, cfg.ckpt_path), cfg.get("model"))
     datamodule = build_datamodule(cfg, checkpoint, cfg.ckpt_path)
     datamodule.configure_targets(None, detector.stride, detector.size_divisor)
     tta = cfg.model.get("tta") if cfg.get("model") else None

@@ -1,4 +1,5 @@
-"""The prediction run behind ``predict.py``: detections of a checkpoint on an image or a folder, drawn and saved."""
+"""The prediction run behind ``predict.py``: detections of a checkpoint on an image, a folder, a video or a camera,
+drawn and saved (videos and cameras: :mod:`keypointdet.runs.video`)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,25 @@ def detector(cfg: DictConfig) -> Callable[[np.ndarray], list[Detection]]:
         from keypointdet.runtime import OnnxDetector
 
         return OnnxDetector(cfg.ckpt_path).predict
-    from keypointdet.inference import load_detector, predict
+    from keypointdet.inference import apply_nms_overrides, load_detector, predict
 
     model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
+    apply_nms_overrides(model, cfg.get("model"))
     return lambda image: predict(model, image)
+
+
+def run(cfg: DictConfig) -> dict[str, list[Detection]] | Path:
+    """``predict.py``: :func:`predict_files` on an image or a folder; on a video file or a camera index, the
+    annotated video and the per-frame JSON lines (:func:`keypointdet.runs.video.predict_stream`), whose path
+    is returned."""
+    if cfg.get("ckpt_path") is None or cfg.get("input") is None:
+        raise ValueError("give the checkpoint and the input: python predict.py ckpt_path=FILE input=IMAGE_DIR_VIDEO_CAMERA")
+    from keypointdet.runs.video import is_stream, predict_stream
+
+    if not is_stream(cfg.input):
+        return predict_files(cfg)
+    detect = detector(cfg)
+    return predict_stream(cfg.input, cfg.output, detect, cfg.score_threshold, cfg.get("max_frames"))[1]
 
 
 def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
