@@ -60,6 +60,36 @@ def documented_commands() -> dict[str, str]:
 SLURM = "needs a SLURM cluster (sbatch); the launcher's config is tested in tests/test_sweeps.py"
 BENCHMARK = "a benchmark (minutes of measurement), not a behaviour; run by hand, results in benchmarks/README.md"
 TEMPLATE = "a template in prose; its instances are run"
+PRETRAINED = "needs the official model-zoo file; tests/test_pretrained_readme.py runs it on a tiny official-format file"
+OFFICIAL = "the official repository's own test command, shown for comparison"
+OFFICIAL_COMMANDS = [
+    "python test.py ctdet --exp_id coco_resdcn18 --arch resdcn_18 --keep_res --resume",
+    "python test.py ctdet --exp_id coco_dla_2x --keep_res --resume",
+    "python test.py ctdet --exp_id coco_hg --arch hourglass --keep_res --resume",
+    "python test.py CornerNet --testiter 500000 --split validation",
+]
+_NATIVE = "data=coco data.root=/data/coco2017 data.eval_resize=native data.native_multiple={multiple} data.val_batch_size=1"
+_CORNERNET_NATIVE = _NATIVE.format(multiple=128).replace(" data.val", " data.native_minus_one=true data.val")
+PRETRAINED_COMMANDS = [
+    *(
+        f"python -m keypointdet.tools.convert_official arch={arch} input={name}.{suffix} output={name}.ckpt"
+        for arch, name, suffix in (
+            ("centernet_resdcn18", "ctdet_coco_resdcn18", "pth"), ("centernet_dla34", "ctdet_coco_dla_2x", "pth"),
+            ("centernet_hourglass104", "ctdet_coco_hg", "pth"), ("cornernet_hourglass104", "CornerNet_500000", "pkl"),
+        )
+    ),
+    *(
+        f"python eval.py ckpt_path={name}.ckpt {_NATIVE.format(multiple=multiple)}{tta}"
+        for name, multiple in (("ctdet_coco_resdcn18", 32), ("ctdet_coco_dla_2x", 32), ("ctdet_coco_hg", 128))
+        for tta in ("", " tta=flip", " tta=multiscale")
+    ),
+    *(
+        f"python eval.py ckpt_path=CornerNet_500000.ckpt {_CORNERNET_NATIVE}{tta}" for tta in (" tta=flip", " tta=multiscale")
+    ),
+    "python train.py data=coco data.train_ann=/data/mine/train.json data.train_img_dir=/data/mine/images "
+    "data.val_ann=/data/mine/val.json data.val_img_dir=/data/mine/images backbone=resnet18_dcn model.head_channels=64 "
+    "model.init_from=ctdet_coco_resdcn18.ckpt trainer.precision=32",
+]
 
 COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     # Quick start
@@ -123,7 +153,6 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python eval.py ckpt_path=FILE model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
     "python eval.py ckpt_path=... model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
     "python eval.py ckpt_path=FILE tta=multiscale": Slow(),
-    "python -m keypointdet.export ckpt_path=FILE format=onnx output=model.onnx [input_size=512] [batch_size=1]": (),
     "python -m keypointdet.export ckpt_path=FILE format=torchscript output=model.pt": (),
     "python -m keypointdet.export ckpt_path=FILE format=onnx output=model.onnx": Slow(),  # an ONNX export: ~30 s
     "python -m keypointdet.export ckpt_path=FILE format=onnx outputs=raw output=raw.onnx": Slow(),
@@ -146,6 +175,15 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python benchmarks/data_pipeline.py": NotRun(BENCHMARK),
     "python benchmarks/decode.py": NotRun(BENCHMARK),
     "PYTHONPATH=src python benchmarks/corner_pool.py": NotRun(BENCHMARK),
+    # Defaults from the data and the machine
+    "python train.py data=coco data.train_ann=/data/mine/train.json data.train_img_dir=/data/mine/images "
+    "data.val_ann=/data/mine/val.json data.val_img_dir=/data/mine/images "
+    "++trainer.max_time=00:00:20:00 ++trainer.max_epochs=100000": (),
+    "python benchmarks/own_data.py --minutes 8": NotRun(BENCHMARK),
+    # Pretrained detectors: the official files are not here; tests/test_pretrained_readme.py runs each of these
+    # commands on a tiny official-format file made from shared/official (slow: conversions and native evaluation)
+    **{command: NotRun(PRETRAINED) for command in PRETRAINED_COMMANDS},
+    **{command: NotRun(OFFICIAL) for command in OFFICIAL_COMMANDS},
 }
 
 # Commands the documents give in words (a comment) rather than as a line of their own, run like the others.

@@ -10,7 +10,8 @@ from test_export import assert_same_detections, main, pytorch_detections, random
 from torchvision.ops import box_iou
 
 from keypointdet.checkpoints import checkpoint_metadata, load_checkpoint, save_detector
-from keypointdet.decode import centernet_decode, hard_nms
+from keypointdet.decode import centernet_decode
+from keypointdet.suppression import hard_nms
 from keypointdet.detectors import CenterNet
 from keypointdet.inference import apply_nms_overrides, load_detector
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from keypointdet.losses import gather_at
+from keypointdet.suppression import soft_nms  # public here too (README)
 
 
 class Peaks(NamedTuple):
@@ -139,81 +140,6 @@ def _centernet_boxes(peaks: Peaks, cx: Tensor, cy: Tensor, size: Tensor) -> tupl
     return boxes, peaks.scores, peaks.labels
 
 
-def _area(boxes: Tensor) -> Tensor:
-    """Area of xyxy ``boxes [..., 4]`` (0 for inverted boxes)."""
-    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-
-
-def _iou_with(box: Tensor, boxes: Tensor) -> Tensor:
-    """IoU of ``box [B, 4]`` with each of ``boxes [B, D, 4]`` (xyxy) -> ``[B, D]``; 0 for two empty boxes."""
-    box = box.unsqueeze(1)
-    overlap = (torch.minimum(box[..., 2:], boxes[..., 2:]) - torch.maximum(box[..., :2], boxes[..., :2])).clamp(min=0)
-    intersection = overlap[..., 0] * overlap[..., 1]
-    union = _area(box) + _area(boxes) - intersection
-    return intersection / union.clamp(min=torch.finfo(union.dtype).tiny)
-
-
-def soft_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    labels: Tensor | None = None,
-    sigma: float = 0.5,
-    method: Literal["gaussian", "linear"] = "gaussian",
-    iou_threshold: float = 0.3,
-    score_threshold: float = 0.001,
-    max_dets: int = 100,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Greedy soft-NMS (Bodla et al. 2017), batched over images and candidates.
-
-    Repeatedly selects the best remaining candidate and decays the score ``s`` of every other one by
-    its IoU with it: ``s * exp(-iou^2 / sigma)`` (gaussian) or ``s * (1 - iou)`` when
-    ``iou > iou_threshold`` (linear). With ``labels``, only boxes of the selected box's class decay
-    (soft-NMS per class). Candidates whose score is or falls below ``score_threshold`` are discarded.
-    Decayed scores never exceed the last selected one, so the first ``max_dets`` selections are the
-    best ``max_dets`` results and the loop stops there.
-
-    Args:
-        boxes: ``[B, D, 4]`` xyxy.
-        scores: ``[B, D]``.
-        labels: ``[B, D]`` class indices, or None for class-agnostic suppression.
-
-    Returns:
-        ``boxes [B, max_dets, 4]``, ``scores [B, max_dets]`` (decayed, descending) and ``labels
-        [B, max_dets]`` (None without labels); the entries after an image's last selection are zeros.
-    """
-    if method not in ("gaussian", "linear"):
-        raise ValueError(f"unknown soft-NMS method {method!r}; use 'gaussian' or 'linear'")
-    batch, num_candidates = scores.shape
-    rows = torch.arange(batch, device=scores.device)
-    current = scores.clone()
-    alive = current >= score_threshold
-    selected = torch.zeros(batch, max_dets, dtype=torch.int64, device=scores.device)
-    selected_scores = scores.new_zeros(batch, max_dets)
-    found = torch.zeros(batch, max_dets, dtype=torch.bool, device=scores.device)
-    for step in range(min(num_candidates, max_dets)):
-        # Every image done: stop (one host sync per step). An exported graph runs every step instead;
-        # steps after the last selection change nothing.
-        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()) and not alive.any():
-            break
-        found[:, step] = alive.any(dim=1)
-        best_score, best = torch.where(alive, current, float("-inf")).max(dim=1)
-        selected[:, step] = best
-        selected_scores[:, step] = torch.where(found[:, step], best_score, 0.0)
-        alive[rows, best] = False
-        iou = _iou_with(boxes[rows, best], boxes)
-        if method == "gaussian":
-            decay = torch.exp(-iou.pow(2) / sigma)
-        else:
-            decay = torch.where(iou > iou_threshold, 1 - iou, 1.0)
-        if labels is not None:
-            decay = torch.where(labels == labels[rows, best].unsqueeze(1), decay, 1.0)
-        current = current * decay
-        alive &= current >= score_threshold
-    kept_boxes = torch.where(found.unsqueeze(-1), boxes[rows.unsqueeze(1), selected], 0.0)
-    kept_labels = None if labels is None else torch.where(found, labels[rows.unsqueeze(1), selected], 0)
-    return kept_boxes, selected_scores, kept_labels
-
-
 def cornernet_pairs(
     tl_heatmap: Tensor,
     br_heatmap: Tensor,
@@ -286,35 +212,3 @@ def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
     unmirrored map (the continuous coordinate ``x`` of a mirror is ``width - x``)."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack([width - x2, y1, width - x1, y2], dim=-1)
-
-
-NMS_MODES = ("class", "agnostic")
-
-
-def hard_nms(
-    boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, class_wise: bool = True
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Greedy NMS of every image's detections (``boxes [B, K, 4]`` xyxy, ``scores [B, K]``, ``labels [B, K]``)
-    with :func:`torchvision.ops.batched_nms`: a detection is dropped when it overlaps a better one (of its
-    class with ``class_wise``, of any class otherwise) by more than ``iou_threshold``.
-
-    The shapes do not change: suppressed detections get score 0 (the padding's) and every row is re-sorted by
-    descending score (ties in their previous order), so that whatever reads decoded detections reads these.
-    The IoUs are computed in float64, where ``batched_nms``'s two strategies (a loop over the groups, or one
-    NMS with every group shifted apart, its choice under tracing) add no rounding: eager and exported
-    detectors keep the same boxes. Except under ``torch.export`` (the ONNX export): ONNX's ``NonMaxSuppression``
-    takes float32 only, so an ONNX graph may decide differently for an IoU within float32 rounding of the threshold.
-    """
-    from torchvision.ops import batched_nms
-
-    batch, k = scores.shape
-    groups = labels if class_wise else torch.zeros_like(labels)
-    # Every image its own groups: (image, label) -> image * (max label + 1) + label.
-    groups = groups + torch.arange(batch, device=labels.device).unsqueeze(1) * (labels.max() + 1 if class_wise else 1)
-    precision = torch.float32 if torch.compiler.is_exporting() else torch.float64
-    flat_boxes, flat_scores = boxes.reshape(-1, 4).to(precision), scores.reshape(-1).to(precision)
-    keep = batched_nms(flat_boxes, flat_scores, groups.reshape(-1), iou_threshold)
-    kept = torch.zeros(batch * k, dtype=torch.bool, device=scores.device)
-    kept = kept.scatter(0, keep, torch.ones_like(keep, dtype=torch.bool)).view(batch, k)
-    scores, order = top_k(torch.where(kept, scores, torch.zeros_like(scores)), k)
-    return boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)), scores, labels.gather(1, order)

@@ -166,7 +166,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
                 f"data.native_multiple={self.hparams.native_multiple} must be a multiple of the backbone's "
                 f"{self.size_divisor}"
             )
-        return NativeResolution(self.hparams.native_multiple, self.hparams.native_minus_one, mean, std)
+        return NativeResolution(self.hparams.native_multiple, self.hparams.native_minus_one, mean=mean, std=std)
 
     def train_dataloader(self) -> DataLoader:
         if self.encoder is None:

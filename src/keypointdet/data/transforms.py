@@ -273,11 +273,9 @@ class NativeResolution(EvaluationTransform):
     of :func:`native_canvas_side` per axis (offset ``canvas // 2 - side // 2``, as the official
     ``get_affine_transform`` / ``crop_image``), with ``scale = 1`` and that offset as ``shift`` recorded."""
 
-    def __init__(
-        self, multiple: int = 32, minus_one: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:  # fmt: skip
-        super().__init__(mean, std)
+    def __init__(self, multiple: int = 32, minus_one: bool = False, **normalisation: Sequence[float]) -> None:
+        """``normalisation``: ``mean``, ``std`` of :class:`EvaluationTransform`."""
+        super().__init__(**normalisation)
         self.multiple, self.minus_one = multiple, minus_one
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

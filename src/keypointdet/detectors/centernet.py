@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from keypointdet.data.encode import CenterNetEncoder
-from keypointdet.decode import NMS_MODES, centernet_decode, centernet_decode_scores, hard_nms
+from keypointdet.decode import centernet_decode, centernet_decode_scores
+from keypointdet.suppression import NMS_MODES, hard_nms
 from keypointdet.detectors.base import Detections, FocalLossSettings, KeypointDetector, Outputs
 from keypointdet.losses import focal_loss, mean_count_over_devices, regression_loss
 from keypointdet.models.heads import CenterHead
@@ -34,7 +35,7 @@ class CenterNet(KeypointDetector):
         targets: ``max_objects``, ``min_overlap``, ``radius_variant`` of :class:`CenterNetEncoder`.
         k: detections kept per image (top-k peaks; also after a multi-scale merge).
         nms: ``None`` (the paper: no NMS), ``"class"`` or ``"agnostic"``: greedy NMS of the kept detections
-            (:func:`keypointdet.decode.hard_nms`) within each class or across classes, in :meth:`merge`, so in
+            (:func:`keypointdet.suppression.hard_nms`) within each class or across classes, in :meth:`merge`, so in
             validation, ``eval.py``, ``predict.py`` and exported graphs alike.
         nms_iou: the IoU above which ``nms`` drops the less confident of two detections.
     """
