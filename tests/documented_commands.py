@@ -60,6 +60,8 @@ def documented_commands() -> dict[str, str]:
 SLURM = "needs a SLURM cluster (sbatch); the launcher's config is tested in tests/test_sweeps.py"
 BENCHMARK = "a benchmark (minutes of measurement), not a behaviour; run by hand, results in benchmarks/README.md"
 TEMPLATE = "a template in prose; its instances are run"
+# a paper recipe (trainer=ddp on GPUs, ImageNet trunk) on one CPU process, without a download
+RECIPE_ON_CPU = ("backbone.pretrained=false", "trainer.devices=1", "trainer.strategy=auto", "trainer.sync_batchnorm=false")
 PRETRAINED = "needs the official model-zoo file; tests/test_pretrained_readme.py runs it on a tiny official-format file"
 OFFICIAL = "the official repository's own test command, shown for comparison"
 OFFICIAL_COMMANDS = [
@@ -164,8 +166,8 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python train.py ckpt_path=<run>/checkpoints/last.ckpt [the run's overrides]": (),
     "python train.py ckpt_path=$RUN/checkpoints/last.ckpt ...": NotRun("the SLURM requeue line, a template of the above"),
     # Paper recipes (on 1 CPU device, 64 px)
-    "python train.py experiment=centernet_resnet18_coco data.root=/data/coco2017": (),
-    "python train.py experiment=centernet_dla34_coco data.root=/data/coco2017": (),
+    "python train.py experiment=centernet_resnet18_coco data.root=/data/coco2017": RECIPE_ON_CPU,
+    "python train.py experiment=centernet_dla34_coco data.root=/data/coco2017": RECIPE_ON_CPU,
     "python train.py experiment=centernet_hourglass104_coco data.root=/data/coco2017": Slow(),
     "python train.py experiment=cornernet_hourglass104_coco data.root=/data/coco2017": Slow(),
     # Results

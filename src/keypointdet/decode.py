@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from keypointdet.losses import gather_at
-from keypointdet.suppression import soft_nms  # public here too (README)
+from keypointdet.suppression import soft_nms, top_k  # soft_nms: public here too (README)
 
 
 class Peaks(NamedTuple):
@@ -44,17 +44,6 @@ def peak_nms(heatmap: Tensor, kernel: int = 3, suppressed: float = 0.0) -> Tenso
         keep[:, :, distance:] &= heatmap[:, :, distance:] >= row_max[:, :, :-distance]
         keep[:, :, :-distance] &= heatmap[:, :, :-distance] >= row_max[:, :, distance:]
     return torch.where(keep, heatmap, suppressed)
-
-
-def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest entries of each row of ``values [B, N]`` -> ``(values [B, k], indices [B, k])``
-    (all ``N`` when ``k > N``).
-
-    Descending, equal values in ascending index order: a canonical order (``torch.topk``'s order of ties
-    is implementation-defined), the one of ONNX's ``TopK``, so exported decoders give the same detections.
-    """
-    ordered, order = values.sort(dim=1, descending=True, stable=True)
-    return ordered[:, :k], order[:, :k]
 
 
 def topk_peaks(heatmap: Tensor, k: int) -> Peaks:

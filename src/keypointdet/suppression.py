@@ -1,5 +1,5 @@
-"""Suppression of overlapping detections, shared by both detectors: soft-NMS (CornerNet, test-time
-augmentation merges) and the optional hard NMS of CenterNet (``model.nms``)."""
+"""Ranking and suppression of detections, shared by both detectors: a canonical top-k, soft-NMS (CornerNet,
+test-time augmentation merges) and the optional hard NMS of CenterNet (``model.nms``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,17 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of each row of ``values [B, N]`` -> ``(values [B, k], indices [B, k])``
+    (all ``N`` when ``k > N``).
+
+    Descending, equal values in ascending index order: a canonical order (``torch.topk``'s order of ties
+    is implementation-defined), the one of ONNX's ``TopK``, so exported decoders give the same detections.
+    """
+    ordered, order = values.sort(dim=1, descending=True, stable=True)
+    return ordered[:, :k], order[:, :k]
+
 
 def _area(boxes: Tensor) -> Tensor:
     """Area of xyxy ``boxes [..., 4]`` (0 for inverted boxes)."""
