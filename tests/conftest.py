@@ -91,3 +91,12 @@ def write_image(path: Path, height: int, width: int, seed: int = 0, channels: in
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), rng.integers(0, high, size=shape, endpoint=True).astype(dtype))
     return path
+
+
+def write_coco_layout(dataset: Path, root: Path) -> Path:
+    """``dataset`` (the embedded layout) under the COCO 2017 names that ``data=coco data.root=...`` expects."""
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / "annotations" / f"instances_{split}2017.json").symlink_to(dataset / f"{split}.json")
+        (root / f"{split}2017").symlink_to(dataset / split)
+    return root

@@ -35,9 +35,8 @@ def write_xml(path: Path, height: int, width: int, objects: list[tuple]) -> None
     path.write_text("".join(parts) + "</annotation>")
 
 
-@pytest.fixture(scope="module")
-def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("VOCdevkit")
+def write_voc(root: Path) -> Path:
+    """A tiny VOCdevkit: :data:`VOC_IMAGES` in the image sets :data:`SETS`."""
     for seed, (year, name, height, width, objects) in enumerate(VOC_IMAGES):
         write_xml(root / f"VOC{year}" / "Annotations" / f"{name}.xml", height, width, objects)
         write_image(root / f"VOC{year}" / "JPEGImages" / f"{name}.jpg", height, width, seed=seed)
@@ -46,6 +45,11 @@ def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         list_file.parent.mkdir(parents=True, exist_ok=True)
         list_file.write_text("\n".join(names) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_voc(tmp_path_factory.mktemp("VOCdevkit"))
 
 
 def test_voc_sets_become_a_coco_dataset_with_0_based_boxes(voc_root: Path) -> None:

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_image
+from conftest import write_coco_layout, write_image
 from documented_commands import COMMANDS, VARIANTS, NotRun, Slow, documented_commands
 from hydra.core.global_hydra import GlobalHydra
-from test_data_voc import SETS, VOC_IMAGES, write_xml
+from test_data_voc import write_voc
 from test_video import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,18 +45,6 @@ def test_every_documented_command_is_in_the_list_and_every_listed_command_is_doc
     assert not dropped, f"tests/documented_commands.py lists commands no document has: {dropped}"
 
 
-def write_voc(root: Path) -> Path:
-    """The tiny VOCdevkit of tests/test_data_voc.py."""
-    for seed, (year, name, height, width, objects) in enumerate(VOC_IMAGES):
-        write_xml(root / f"VOC{year}" / "Annotations" / f"{name}.xml", height, width, objects)
-        write_image(root / f"VOC{year}" / "JPEGImages" / f"{name}.jpg", height, width, seed=seed)
-    for (year, image_set), names in SETS.items():
-        list_file = root / f"VOC{year}" / "ImageSets" / "Main" / f"{image_set}.txt"
-        list_file.parent.mkdir(parents=True, exist_ok=True)
-        list_file.write_text("\n".join(names) + "\n")
-    return root
-
-
 def write_one_image_folder(dataset: Path, mine: Path) -> Path:
     """``dataset``'s splits as one image folder with two annotation files (``/data/mine`` of the README)."""
     (mine / "images").mkdir(parents=True)
@@ -67,15 +55,6 @@ def write_one_image_folder(dataset: Path, mine: Path) -> Path:
             image["file_name"] = f"{split}_{image['file_name']}"
         (mine / f"{split}.json").write_text(json.dumps(data))
     return mine
-
-
-def write_coco_layout(dataset: Path, root: Path) -> Path:
-    """``dataset`` in the COCO 2017 layout (``/data/coco2017`` of the README)."""
-    (root / "annotations").mkdir(parents=True)
-    for split in ("train", "val"):
-        (root / "annotations" / f"instances_{split}2017.json").symlink_to(dataset / f"{split}.json")
-        (root / f"{split}2017").symlink_to(dataset / split)
-    return root
 
 
 @pytest.fixture(scope="module")

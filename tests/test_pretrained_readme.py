@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_coco_layout
 from test_convert_official import INSTANCES, OFFICIAL, official_state_dict, overrides, save_official, shared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,15 +43,6 @@ def run(arguments: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-def coco2017_layout(dataset: Path, root: Path) -> Path:
-    """The embedded dataset under the names data=coco data.root=... expects."""
-    (root / "annotations").mkdir(parents=True)
-    for split in ("train", "val"):
-        (root / "annotations" / f"instances_{split}2017.json").symlink_to(dataset / f"{split}.json")
-        (root / f"{split}2017").symlink_to(dataset / split)
-    return root
-
-
 @pytest.fixture(scope="module")
 def workdir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the README's official file names (shared instances) and the tiny COCO layout."""
@@ -58,7 +50,7 @@ def workdir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     for name, (instance, form) in STAND_INS.items():
         suffix = ".pkl" if form == "cornernet" else ".pth"
         save_official(official_state_dict(shared(instance)), directory / f"{name}{suffix}", form)
-    coco2017_layout(tiny_dataset, directory / "coco2017")
+    write_coco_layout(tiny_dataset, directory / "coco2017")
     return directory
 
 
