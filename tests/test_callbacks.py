@@ -62,7 +62,8 @@ def test_validation_images_show_ground_truth_predictions_and_every_heatmap(compo
         for box, detection in zip(predictions, detections):
             name = module.detector.class_names[module.detector.category_ids.index(detection["category_id"])]
             assert box["box_caption"] == f"{name} {detection['score']:.2f}"
-            assert box["scores"]["score"] == pytest.approx(detection["score"])
+            # one forward pass of the collated batch; detect_batch pads the hourglass input to the stride: float noise
+            assert box["scores"]["score"] == pytest.approx(detection["score"], rel=1e-4)
 
 
 def test_overlay_keeps_the_image_where_the_heatmap_is_zero_and_blends_its_colour_elsewhere():
