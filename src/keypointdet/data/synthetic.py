@@ -127,13 +127,19 @@ def summarize(path: str | Path) -> str:
     return f"{path}: {n_images} images, {n_objects} objects ({n_objects / max(n_images, 1):.1f}/image): {classes}"
 
 
+def generator_settings(cfg: DictConfig, module: str, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """A generator's keyword arguments from its command's config: all but the output folder ``out`` (required)
+    and Hydra's keys, the (min, max) settings ``pairs`` as tuples."""
+    if cfg.get("out") is None:
+        raise ValueError(f"give the output folder: python -m {module} out=DIR")
+    settings = {key: value for key, value in cfg.items() if key not in ("out", "task_name", "paths")}
+    return {key: tuple(value) if key in pairs else value for key, value in settings.items()}
+
+
 @hydra_main("synthetic")
 def main(cfg: DictConfig) -> None:
     """Generate the dataset into ``cfg.out`` and print one summary line per split."""
-    if cfg.get("out") is None:
-        raise ValueError("give the output folder: python -m keypointdet.data.synthetic out=DIR")
-    settings = {key: value for key, value in cfg.items() if key not in ("out", "task_name", "paths")}
-    settings["image_size"] = tuple(settings["image_size"])
+    settings = generator_settings(cfg, "keypointdet.data.synthetic", pairs=("image_size",))
     for path in generate_dataset(cfg.out, **settings).values():
         print(summarize(path))
 
