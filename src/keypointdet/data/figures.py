@@ -10,6 +10,7 @@ than its body colour and the limbs of its right side lighter (:func:`shade_colou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,7 +25,8 @@ SKELETON: list[list[int]] = [
 ]  # fmt: skip
 # (left, right) joint indices, 0-based, swapped by a horizontal flip
 FLIP_PAIRS: list[list[int]] = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]]
-HEAD, BODY, LEFT, RIGHT = 0, 0, 1, 2  # joint index of the head; shades of the parts (body, left / right limbs)
+HEAD = 0  # the head's joint index
+BODY, LEFT, RIGHT = 0, 1, 2  # shades of the parts: torso, neck and head; the left limbs; the right limbs
 
 # Proportions as fractions of the nominal standing height (ankles to the top of the head), each length jittered
 # per figure; widths are diameters. Roughly human, with limbs thick enough to be seen at 40 px.
@@ -44,7 +46,21 @@ _TURN = (0.55, 1.0)  # shoulders and hips narrow as the figure turns sideways
 _SHADE = 0.4  # left limbs: the body colour 40 % of the way to black; right limbs: 40 % of the way to white
 _ARC_POINTS = 8  # points on each rounded end of a limb
 
-_SIDES = {LEFT: (1.0, 1, 3, 5, 7, 9, 11), RIGHT: (-1.0, 2, 4, 6, 8, 10, 12)}  # side: (+x sign, its joints)
+
+
+class _Side(NamedTuple):
+    """A side of the body: its direction in the figure's frame (facing the viewer) and its joint indices."""
+
+    sign: float  # +1: towards +x
+    shoulder: int
+    elbow: int
+    wrist: int
+    hip: int
+    knee: int
+    ankle: int
+
+
+_SIDES = {LEFT: _Side(1.0, 1, 3, 5, 7, 9, 11), RIGHT: _Side(-1.0, 2, 4, 6, 8, 10, 12)}
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,7 @@ def _direction(degrees: float) -> np.ndarray:
     return np.array([np.sin(angle), np.cos(angle)])
 
 
-def capsule(start: np.ndarray, end: np.ndarray, width: float) -> np.ndarray:
+def _capsule(start: np.ndarray, end: np.ndarray, width: float) -> np.ndarray:
     """Outline of the points within ``width / 2`` of the segment ``start``-``end`` (a disc when they meet)."""
     along = np.arctan2(*(end - start)[::-1]) if np.any(end != start) else 0.0
     arc = np.linspace(-np.pi / 2, np.pi / 2, _ARC_POINTS)
@@ -83,7 +99,7 @@ def _limbs(
 ) -> tuple[list[tuple[np.ndarray, int]], list[tuple[np.ndarray, int]]]:
     """Place one side's elbow, wrist, knee and ankle in ``joints`` (its shoulder and hip already placed; arms
     turn with the torso's ``lean``, legs from the vertical); return the side's arm parts and leg parts."""
-    sign, shoulder, elbow, wrist, hip, knee, ankle = _SIDES[side]
+    sign, shoulder, elbow, wrist, hip, knee, ankle = _SIDES[side]  # one side's joint indices
     raised = rng.uniform(*_ARM_RAISE)
     bend = rng.choice([-1.0, 1.0]) * rng.uniform(0, _ELBOW_BEND)
     joints[elbow] = joints[shoulder] + lengths["upper_arm"] * _direction(lean + sign * raised)
@@ -94,14 +110,14 @@ def _limbs(
     joints[ankle] = joints[knee] + lengths["shin"] * _direction(sign * (spread + knee_bend))
     toe = joints[ankle] + [sign * lengths["foot"], 0.0]  # feet point outwards
     arm = [
-        (capsule(joints[shoulder], joints[elbow], _UPPER_ARM_WIDTH * width), side),
-        (capsule(joints[elbow], joints[wrist], _FOREARM_WIDTH * width), side),
-        (capsule(joints[wrist], joints[wrist], _HAND_WIDTH * width), side),
+        (_capsule(joints[shoulder], joints[elbow], _UPPER_ARM_WIDTH * width), side),
+        (_capsule(joints[elbow], joints[wrist], _FOREARM_WIDTH * width), side),
+        (_capsule(joints[wrist], joints[wrist], _HAND_WIDTH * width), side),
     ]
     leg = [
-        (capsule(joints[hip], joints[knee], _THIGH_WIDTH * width), side),
-        (capsule(joints[knee], joints[ankle], _SHIN_WIDTH * width), side),
-        (capsule(joints[ankle], toe, _FOOT_WIDTH * width), side),
+        (_capsule(joints[hip], joints[knee], _THIGH_WIDTH * width), side),
+        (_capsule(joints[knee], joints[ankle], _SHIN_WIDTH * width), side),
+        (_capsule(joints[ankle], toe, _FOOT_WIDTH * width), side),
     ]
     return arm, leg
 
@@ -119,16 +135,18 @@ def sample_figure(rng: np.random.Generator, height: float) -> Figure:
     neck = lengths["torso"] * up
     joints = np.zeros((len(KEYPOINT_NAMES), 2))
     joints[HEAD] = neck - lengths["neck"] * _direction(lean + rng.uniform(-_NECK_TILT, _NECK_TILT))
-    for sign, shoulder, _elbow, _wrist, hip, _knee, _ankle in _SIDES.values():
-        joints[shoulder] = neck + sign * _SHOULDER_HALF * height * turn * across
-        joints[hip] = [sign * _HIP_HALF * height * turn, 0.0]
-    (left_arm, left_leg), (right_arm, right_leg) = (_limbs(rng, joints, side, lengths, lean, width) for side in _SIDES)
-    shoulders_and_hips = [_SIDES[LEFT][1], _SIDES[RIGHT][1], _SIDES[RIGHT][4], _SIDES[LEFT][4]]
+    for side in _SIDES.values():
+        joints[side.shoulder] = neck + side.sign * _SHOULDER_HALF * height * turn * across
+        joints[side.hip] = [side.sign * _HIP_HALF * height * turn, 0.0]
+    left_arm, left_leg = _limbs(rng, joints, LEFT, lengths, lean, width)
+    right_arm, right_leg = _limbs(rng, joints, RIGHT, lengths, lean, width)
+    left, right = _SIDES[LEFT], _SIDES[RIGHT]
+    shoulders_and_hips = [left.shoulder, right.shoulder, right.hip, left.hip]
     head_width = 2 * _HEAD_RADIUS * height * rng.uniform(*_LENGTH_JITTER)
     body = [
         (joints[shoulders_and_hips], BODY),
-        (capsule(neck, joints[HEAD], _NECK_WIDTH * width), BODY),
-        (capsule(joints[HEAD], joints[HEAD], head_width), BODY),
+        (_capsule(neck, joints[HEAD], _NECK_WIDTH * width), BODY),
+        (_capsule(joints[HEAD], joints[HEAD], head_width), BODY),
     ]
     legs, arms = [left_leg, right_leg], [left_arm, right_arm]
     if rng.random() < 0.5:  # which leg is in front
