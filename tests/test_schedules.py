@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import timer as lightning_timer
+from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader, TensorDataset
 
 from keypointdet.schedules import TimeBudgetSchedule, end_at_validation, one_cycle, planned_steps
@@ -152,3 +153,15 @@ def test_slow_steps_are_planned_after_a_share_of_the_budget(monkeypatch):
     # a 5-step cycle, its peak at its step 1
     assert trainer.global_step == 8 and clock.now <= 100 and model.validated_at == 8
     assert model.rates[4] == MAX_LR and model.rates[-1] == pytest.approx(MAX_LR / 25e4, rel=0.01)
+
+
+def test_a_plan_too_short_for_a_cycle_keeps_the_resumable_scheduler(monkeypatch):
+    model, trainer, clock = run_with_budget(monkeypatch, seconds=50, max_epochs=100_000, step_seconds=10.0)
+    # re-planned after step 3 (30 s): 2 more steps fit, too few for a cycle; the run ends there on the long plan
+    assert trainer.global_step == 5 and clock.now <= 50
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, OneCycleLR) and scheduler.total_steps == 8 * 100_000
+    # a resumed run rebuilds the configured scheduler and loads the saved state into it
+    resumed = model.plan_schedule(torch.optim.SGD(model.parameters(), lr=MAX_LR), 8 * 100_000)
+    resumed.load_state_dict(scheduler.state_dict())
+    assert resumed.get_last_lr() == scheduler.get_last_lr() and type(resumed) is type(scheduler)

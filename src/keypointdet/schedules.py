@@ -19,6 +19,9 @@ from keypointdet.log import get_logger
 
 log = get_logger(__name__)
 
+# a warm-up step, a peak and an annealing step
+MIN_CYCLE_STEPS = 3
+
 
 def one_cycle(optimizer: Optimizer, total_steps: int, max_lr: float, pct_start: float = 0.1, **kwargs: Any) -> LRScheduler:
     """Torch's ``OneCycleLR`` over ``total_steps``, with ``pct_start`` raised to ``2 / total_steps`` when
@@ -29,7 +32,7 @@ def one_cycle(optimizer: Optimizer, total_steps: int, max_lr: float, pct_start: 
     """
     if total_steps < 1:
         raise ValueError(f"a schedule needs at least one step, got total_steps={total_steps}")
-    if total_steps < 3:
+    if total_steps < MIN_CYCLE_STEPS:
         for group in optimizer.param_groups:
             group["lr"] = max_lr
         return LambdaLR(optimizer, lambda step: 1.0)
@@ -65,13 +68,15 @@ class TimeBudgetSchedule(pl.Callback):
     The LightningModule plans it first from the trainer's step estimate (``max_epochs`` / ``max_steps``),
     which means nothing under a time budget. This callback times the validation of the sanity check and
     the ``measure_steps`` training steps after the first ``skip_steps`` (fewer, at least one, when they take
-    more than ``measure_share`` of the budget), then once: plans the steps that fit in
-    the remaining time (validations included; ending with one, see :func:`end_at_validation`), keeps the smaller of that and the current plan (whichever
-    limit ends first), and when smaller swaps in the module's schedule over the remaining steps (the steps so
-    far were at the very start of the long plan's warm-up, so the new cycle continues from their learning
-    rate: warm-up, peak, annealing) and ends the run there (``max_steps``). The plan is in the checkpoint
-    (the callback's state and the scheduler's own ``total_steps``), so a resumed run keeps it. Without ``max_time``, or when the module
-    has no ``plan_schedule`` or the scheduler no ``total_steps``, it does nothing.
+    more than ``measure_share`` of the budget), then once: plans the steps that fit in the remaining time
+    (validations included; ending with one, see :func:`end_at_validation`), keeps the smaller of that and
+    the current plan (whichever limit ends first), and when smaller swaps in the module's schedule over the
+    remaining steps (the steps so far were at the very start of the long plan's warm-up, so the new cycle
+    continues from their learning rate: warm-up, peak, annealing) and ends the run there (``max_steps``);
+    with fewer than :data:`MIN_CYCLE_STEPS` steps left it only ends the run there. The plan is in the
+    checkpoint (the callback's state and the scheduler's own ``total_steps``), so a resumed run keeps it.
+    Without ``max_time``, or when the module has no ``plan_schedule`` or the scheduler no ``total_steps``,
+    it does nothing.
     """
 
     def __init__(self, skip_steps: int = 2, measure_steps: int = 10, measure_share: float = 0.05) -> None:
@@ -132,8 +137,10 @@ class TimeBudgetSchedule(pl.Callback):
         fits = step + planned_steps(timer.time_remaining(), step_seconds, self._validation_seconds, steps_per_validation)
         total = min(max(end_at_validation(fits, steps_per_validation), step + 1), config.scheduler.total_steps)
         self.planned_steps = total
-        if total < config.scheduler.total_steps:
-            # the steps so far were at the start of the long plan's warm-up: a whole cycle over the rest
+        # The steps so far were at the start of the long plan's warm-up: a whole cycle over the rest. Fewer than
+        # MIN_CYCLE_STEPS left cannot hold one; those steps stay on the long plan, which also keeps the scheduler's
+        # kind the one a resumed run rebuilds (its state then loads into the same class).
+        if total < config.scheduler.total_steps and total - step >= MIN_CYCLE_STEPS:
             config.scheduler = pl_module.plan_schedule(trainer.optimizers[0], total - step)
         trainer.fit_loop.epoch_loop.max_steps = total
         log.info(
