@@ -26,6 +26,7 @@ from keypointdet.config_checks import check_training_config
 from keypointdet.data.datamodule import BaseDetectionDataModule
 from keypointdet.detectors import KeypointDetector
 from keypointdet.diagnosis import POOR_MAP, LearningCheck, data_findings, paragraph
+from keypointdet.hardware import resolved_precision
 from keypointdet.log import get_logger
 from keypointdet.metrics import format_table
 from keypointdet.module import DetectionModule
@@ -168,7 +169,8 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         configure_sweep_wandb(cfg)
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     callbacks = [*instantiate_group(cfg.get("callbacks")), TimeBudgetSchedule(), LearningCheck()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = resolved_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
     check_multirun_strategy(trainer)
     global_batch_size = cfg.data.batch_size * trainer.num_devices * trainer.num_nodes
     log.info(
