@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "photo_objects")
     parser.add_argument("--logs", type=Path, default=ROOT / "logs" / "own_data")
     args = parser.parse_args()
+    args.data, args.logs = args.data.resolve(), args.logs.resolve()  # the runs work in the repository
     if not (args.data / "val.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "photo_objects.py"), "--out", str(args.data)], check=True)
     args.logs.mkdir(parents=True, exist_ok=True)

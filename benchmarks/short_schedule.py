@@ -3,26 +3,27 @@
     python benchmarks/short_schedule.py --backbone resnet18_skip --steps 400
     python benchmarks/short_schedule.py --backbone resnet18 --steps 400
 
-Composes the real configs (``conf/train.yaml`` + the given backbone / model), trains ``--steps``
-steps with the configured optimizer and one-cycle schedule under bf16 autocast, then reports COCO
-mAP on the val split, class-aware and class-agnostic. Used to compare necks and settings at equal
-compute without a full run.
+Composes the real configs (``conf/train.yaml`` + the given backbone / model), trains ``--steps`` steps
+through the real training code (``build`` of ``train.py``: optimizer, one-cycle schedule, the machine's
+precision), then reports COCO mAP on the val split, class-aware and class-agnostic. Used to compare necks and
+settings at equal compute without a full run.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import os
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.core.global_hydra import GlobalHydra
 
 from keypointdet.metrics import evaluate_detections
+from keypointdet.runs.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,43 +47,35 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.optimizer.lr=1e-3")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", f"backbone={args.backbone}", *args.overrides])
-    datamodule = instantiate(cfg.data)
-    categories = datamodule.categories()
-    model = instantiate(cfg.model, _convert_="object", num_classes=len(categories),
-                        category_ids=[cat["id"] for cat in categories])
-    datamodule.configure_targets(model.encoder, model.stride, model.size_divisor)
-    datamodule.setup("fit")
-    optimizer = model.hparams.optimizer(params=model.parameters())
-    scheduler = model.hparams.scheduler(optimizer=optimizer, total_steps=args.steps)
-
+        cfg = compose("train", overrides=[
+            f"model={args.model}", f"backbone={args.backbone}", "logger=none", "~callbacks", "evaluate_best=false",
+            f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
+            "++trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "++trainer.enable_checkpointing=false",
+            f"paths.output_dir={ROOT / 'logs' / 'short_schedule'}", *args.overrides,
+        ])  # fmt: skip
+    torch.manual_seed(0)
+    datamodule, module, trainer = build(cfg)
     start = time.perf_counter()
-    model.train()
-    for batch in itertools.islice(itertools.cycle(datamodule.train_dataloader()), args.steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs = model(batch["image"])
-        loss = torch.stack([model.losses(stack, batch)["loss"] for stack in outputs]).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+    trainer.fit(module, datamodule=datamodule)
     train_time = time.perf_counter() - start
 
-    model.eval()
-    detections = {}
-    for batch in datamodule.val_dataloader():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            detections.update(zip(batch["image_id"].tolist(), model.detect(batch)))
-    ground_truth = datamodule.val_dataset.coco
+    trainer.limit_val_batches = 1.0
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    detections = defaultdict(list)
+    for detection in module.metric.results:
+        detections[detection["image_id"]].append(detection)
+    ground_truth = module.metric.ground_truth
+    for image_id in ground_truth.getImgIds():
+        detections.setdefault(image_id, [])
     metrics = evaluate_detections(ground_truth, detections)
     agnostic = evaluate_detections(*class_agnostic(ground_truth, detections))
-    print("| model | backbone | steps | train s | val/mAP | val/mAP50 | class-agnostic mAP |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {args.model} | {args.backbone} | {args.steps} | {train_time:.0f} | {metrics['mAP']:.3f} "
+    print("| model | backbone | steps | train s | precision | val/mAP | val/mAP50 | class-agnostic mAP |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {args.model} | {args.backbone} | {args.steps} | {train_time:.0f} | {trainer.precision} | {metrics['mAP']:.3f} "
           f"| {metrics['mAP50']:.3f} | {agnostic['mAP']:.3f} |")
 
 

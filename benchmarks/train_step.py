@@ -35,6 +35,7 @@ from keypointdet.data.synthetic import generate_dataset
 from keypointdet.data.transforms import TrainTransform
 from keypointdet.detectors import CenterNet
 from keypointdet.models.backbones.resnet import ResNet
+from keypointdet.module import DetectionModule
 
 
 class StepTimer(pl.Callback):
@@ -57,6 +58,8 @@ class ListModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader([self.batch] * self.steps, batch_size=None)
+
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-4}
 
 
 def main() -> None:
@@ -83,7 +86,10 @@ def main() -> None:
     network = median_seconds(lambda: bare_step(model, optimizer, batch, bf16), args.steps)
 
     raw = [dataset.transform(*_raw(dataset, i)) for i in range(args.batch_size)]
-    targets = median_seconds(lambda: [dataset._targets(r["image"], r["boxes"], r["labels"]) for r in raw], args.steps)
+    targets = median_seconds(
+        lambda: [dataset._targets(r["image"], r["boxes"], r["labels"], dataset.image_ids[i]) for i, r in enumerate(raw)],
+        args.steps,
+    )
 
     with torch.no_grad():
         outputs = model(batch["image"])[-1]
@@ -136,7 +142,7 @@ def bare_step(model: CenterNet, optimizer: torch.optim.Optimizer, batch: dict, b
 def loss_step(model: CenterNet, outputs: dict, batch: dict) -> None:
     """The detector's losses, forward and backward, on detached raw outputs."""
     leaves = {name: value.detach().requires_grad_() for name, value in outputs.items()}
-    model.losses(leaves, batch)["loss"].backward()
+    model.stack_loss(leaves, batch)["loss"].backward()
 
 
 def lightning_step(model: CenterNet, batch: dict, args: argparse.Namespace) -> float:
@@ -146,7 +152,8 @@ def lightning_step(model: CenterNet, batch: dict, args: argparse.Namespace) -> f
         accelerator="cpu", max_epochs=1, precision=args.precision, logger=False, callbacks=[timer],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
     )
-    trainer.fit(model, datamodule=ListModule(batch, args.steps + 1))
+    module = DetectionModule(model, ground_truth=None, input_record={}, optimizer=ADAM)
+    trainer.fit(module, datamodule=ListModule(batch, args.steps + 1))
     return median(timer.times[1:])
 
 

@@ -98,7 +98,7 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "make train": NotRun("= .venv/bin/python train.py (Makefile), run as 'python train.py'; make installs first"),
     "make test": NotRun("runs this suite"),
     "make test-all": NotRun("runs this suite with the slow tests"),
-    "make benchmark": NotRun(BENCHMARK),
+    "make benchmark": NotRun("= python benchmarks/train_step.py (Makefile), run below with small arguments"),
     "make": NotRun("the installation step of make train / make test"),
     'make train ARGS="trainer.max_epochs=30"': NotRun("= python train.py trainer.max_epochs=30 (Makefile)"),
     ".venv/bin/python train.py ...": NotRun(TEMPLATE),
@@ -174,16 +174,22 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python train.py experiment=cornernet_hourglass104_coco data.root=/data/coco2017": Slow(),
     # Results
     "python train.py model=cornernet": (),
-    "python benchmarks/short_schedule.py --backbone resnet18_skip": NotRun(BENCHMARK),
-    "python benchmarks/train_step.py --precision bf16-mixed": NotRun(BENCHMARK),
-    "python benchmarks/data_pipeline.py": NotRun(BENCHMARK),
+    "python benchmarks/short_schedule.py --backbone resnet18_skip": (
+        "--steps", "2", "data.root=data/synthetic", "data.batch_size=2", "data.input_size=64", "data.num_workers=0"
+    ),
+    # bf16 is emulated (minutes) on CPUs without AVX512-BF16; float32 (= make benchmark) runs in VARIANTS
+    "python benchmarks/train_step.py --precision bf16-mixed": Slow(("--input-size", "64", "--batch-size", "2", "--steps", "1")),
+    "python benchmarks/data_pipeline.py": ("--images", "2", "--input-size", "64", "--repeats", "1"),
     "python benchmarks/decode.py": NotRun(BENCHMARK),
-    "PYTHONPATH=src python benchmarks/corner_pool.py": NotRun(BENCHMARK),
+    "PYTHONPATH=src python benchmarks/corner_pool.py": (
+        "--channels", "2", "--height", "8", "--width", "8", "--warmup", "0", "--repeats", "1"
+    ),
     # Defaults from the data and the machine
     "python train.py data=coco data.train_ann=/data/mine/train.json data.train_img_dir=/data/mine/images "
     "data.val_ann=/data/mine/val.json data.val_img_dir=/data/mine/images "
     "++trainer.max_time=00:00:20:00 ++trainer.max_epochs=100000": (),
-    "python benchmarks/own_data.py --minutes 8": NotRun(BENCHMARK),
+    # two time-budgeted trainings (the README command and the plain baseline) of 9 s each, in subprocesses
+    "python benchmarks/own_data.py --minutes 8": Slow(("--minutes", "0.15", "--data", "mine", "--logs", "own_data_logs")),
     # Pretrained detectors: the official files are not here; tests/test_pretrained_readme.py runs each of these
     # commands on a tiny official-format file made from shared/official (slow: conversions and native evaluation)
     **{command: NotRun(PRETRAINED) for command in PRETRAINED_COMMANDS},
@@ -193,4 +199,5 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
 # Commands the documents give in words (a comment) rather than as a line of their own, run like the others.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "python predict.py ckpt_path=FILE input=a_folder/": (),  # "# or input=a_folder/"
+    "python benchmarks/train_step.py": ("--input-size", "64", "--batch-size", "2", "--steps", "1"),  # make benchmark
 }

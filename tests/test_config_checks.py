@@ -33,7 +33,8 @@ def test_a_value_that_cannot_work_is_refused_with_one_line_naming_it(compose_tra
 
 def test_every_default_and_paper_recipe_passes(compose_train):
     for overrides in ([], ["model=cornernet"], ["backbone=hourglass_small", "data.input_size=100"],
-                      ["experiment=centernet_dla34_coco"], ["experiment=cornernet_hourglass104_coco"]):  # fmt: skip
+                      ["experiment=centernet_dla34_coco"], ["experiment=cornernet_hourglass104_coco"],
+                      ["data=coco"], ["data=voc", "model=cornernet"]):  # fmt: skip
         check_training_config(compose_train(*overrides))
 
 

@@ -2,8 +2,8 @@
 
 The list is tests/documented_commands.py; the first test fails when a document has a command the list does
 not have (or the list one the documents dropped). Commands run in this process through their own entry point
-(``runpy``, so Hydra parses the command line exactly as in a shell), except the multi-process ones, which run
-as subprocesses.
+(``runpy``, so Hydra parses the command line exactly as in a shell), except the multi-process ones and the
+benchmarks, which run as subprocesses.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ SCRIPTS = ("train.py", "eval.py", "predict.py")
 TINY_TRAINING = (
     "trainer.accelerator=cpu", "trainer.precision=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
     "trainer.limit_val_batches=1", "++trainer.num_sanity_val_steps=0", "trainer.check_val_every_n_epoch=1",
-    "trainer.enable_progress_bar=false", "~callbacks.rich_progress_bar", "data.input_size=64", "data.batch_size=2",
+    "trainer.enable_progress_bar=false", "~callbacks.rich_progress_bar", "data.batch_size=2",
     "data.val_batch_size=2", "data.num_workers=0", "evaluate_best=false",
 )  # fmt: skip
+# appended unless the command relies on data=coco / data=voc's automatic input size (the test images are small)
+TINY_INPUT_SIZE = "data.input_size=64"
 MULTI_PROCESS = ("trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "trainer.strategy=ddp")
 
 
@@ -82,6 +84,7 @@ def substituted(command: str, workspace: Path) -> str:
     """The command with its placeholders replaced by the workspace's files."""
     replacements = {
         ".venv/bin/python ": "python ",
+        "PYTHONPATH=src python ": "python ",  # the package is installed
         "$RUN": "logs/train/runs/tiny",
         "ckpt_path=<run>/": "ckpt_path=logs/train/runs/tiny/",
         "<run>": "tiny",
@@ -107,9 +110,15 @@ def with_tiny_settings(
     of its entry point, ``extra`` and the run / sweep directories appended."""
     argv = shlex.split(substituted(command, workspace))
     entry = argv[2] if argv[1] == "-m" else argv[1]
+    if entry.startswith("benchmarks/"):  # argparse scripts: their own small-size arguments only
+        return [*argv, *extra]
     tiny: list[str] = []
     if entry == "train.py" or entry.endswith("dataset_stats"):
         tiny += TINY_TRAINING
+        automatic_size = any(a in ("data=coco", "data=voc") for a in argv) and not any(
+            a.startswith("data.input_size=") for a in argv
+        )
+        tiny += [] if automatic_size else [TINY_INPUT_SIZE]
         tiny += [] if any(argument.startswith("logger") for argument in argv) else ["logger=none"]
         names_data = any(argument.startswith(("data=", "data.root=", "experiment=")) for argument in argv)
         tiny += [] if names_data else [f"data.root={dataset}"]
@@ -194,7 +203,8 @@ def test_documented_command_runs(command, extra, workspace, tiny_dataset, tmp_pa
         # resume: one more epoch than the run it continues, with its schedule
         extra = (*extra, "trainer.max_epochs=2", "optimizer=adam_multistep", "model.scheduler.milestones=[10]")
     argv = with_tiny_settings(command, workspace, tmp_path / "run", tiny_dataset, extra)
-    if any(argument in MULTI_PROCESS for argument in argv) or "trainer.devices=2" in argv:
+    # benchmarks set thread counts for their whole process
+    if any(argument in MULTI_PROCESS for argument in argv) or "trainer.devices=2" in argv or "benchmarks/" in argv[1]:
         code, output = run_subprocess(argv, workspace)
     else:
         code, output = run_in_process(argv, workspace)

@@ -39,6 +39,15 @@ def backbone_size_divisor(backbone: DictConfig) -> int:
     return int(getattr(get_class(backbone._target_), "size_divisor", 1))
 
 
+def check_input_size(input_size: int | str, divisor: int) -> None:
+    """``input_size`` is ``"auto"`` or a multiple of the backbone's size ``divisor``."""
+    if input_size != "auto" and input_size % divisor:
+        nearest = round(input_size / divisor) * divisor or divisor
+        raise ConfigError(
+            f"data.input_size={input_size}: must be a multiple of the backbone's size divisor {divisor} (e.g. {nearest})"
+        )
+
+
 def check_training_config(cfg: DictConfig) -> None:
     """Every check of the README's "Refused at start-up" table for ``train.py`` (and the tools composing its config)."""
     model, data = cfg.model, cfg.data
@@ -59,12 +68,7 @@ def check_training_config(cfg: DictConfig) -> None:
     _require(max_objects is None or max_objects >= 1, f"model.targets.max_objects={max_objects}: must be >= 1")
     _require(model.get("k") is None or model.k >= 1, f"model.k={model.get('k')}: must be >= 1")
     check_tta(model.get("tta"))
-    divisor = backbone_size_divisor(cfg.backbone)
-    _require(
-        data.input_size == "auto" or data.input_size % divisor == 0,
-        f"data.input_size={data.input_size}: must be a multiple of the backbone's size divisor {divisor} "
-        f"(e.g. {round(data.input_size / divisor) * divisor or divisor})",
-    )
+    check_input_size(data.input_size, backbone_size_divisor(cfg.backbone))
     for name in ("batch_size", "val_batch_size"):
         value = data.get(name)
         _require(value is None or value >= 1, f"data.{name}={value}: must be >= 1 (it is per device)")
