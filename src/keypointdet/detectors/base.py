@@ -22,7 +22,8 @@ from keypointdet.data.encode import TargetEncoder
 from keypointdet.decode import soft_nms
 
 Outputs = dict[str, Tensor]
-Detections = tuple[Tensor, Tensor, Tensor]  # boxes [B, K, 4] xyxy, scores [B, K], labels [B, K]
+# boxes [B, K, 4] xyxy, scores [B, K], labels [B, K] (a pose detector's: then keypoints [B, K, J, 3] x, y, score)
+Detections = tuple[Tensor, ...]
 
 # Backbones are built from configs that checkpoints carry: only this package's classes may be named.
 BACKBONE_PACKAGE = "keypointdet.models."
