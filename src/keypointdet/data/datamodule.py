@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Sampler
 
 from keypointdet.data.coco import CocoDetection, Encoder, Transform
+from keypointdet.data.keypoints import KeypointSet
 from keypointdet.data.loading import (  # collate, EpochSampler and the auto rules: public here too (README)
     AUTO,
     EpochSampler,
@@ -66,6 +67,9 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         mean, std: normalisation (0-1 scale, RGB).
         seed: base seed of the training order and augmentation (None: drawn from torch's generator).
         strict: raise at the first bad annotation or image instead of skipping and counting it.
+        keypoints: of a keypoint dataset, its :class:`~keypointdet.data.keypoints.KeypointSet` (``names``,
+            ``flip_pairs``, ``sigmas``, ``skeleton``): objects are read with their COCO ``keypoints``, which the
+            training augmentation carries (a flip swaps the pairs) and the keypoint evaluation scores.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         eval_resize: str = "letterbox",
         native_multiple: int = 32,
         native_minus_one: bool = False,
+        keypoints: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if eval_resize not in EVAL_RESIZES:
@@ -92,6 +97,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         self.seed = int(torch.randint(2**31, ())) if seed is None else int(seed)
         self.input_size: int | None = None if input_size == AUTO else int(input_size)
         self.num_workers, self.pin_memory = loader_settings(num_workers, pin_memory)
+        self.keypoint_set = KeypointSet.from_config(keypoints) if keypoints else None
         self.encoder: Encoder | None = None
         self.stride = 4
         self.size_divisor = 32
@@ -108,6 +114,16 @@ class BaseDetectionDataModule(pl.LightningDataModule):
     def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> CocoDetection:
         """The ``"train"`` or ``"val"`` dataset (``transform`` may be set later, before loading samples)."""
         raise NotImplementedError
+
+    @property
+    def num_joints(self) -> int | None:
+        """Joints per object of a keypoint dataset (``None``: boxes only)."""
+        return self.keypoint_set.num_joints if self.keypoint_set else None
+
+    @property
+    def keypoint_sigmas(self) -> list[float] | None:
+        """The OKS sigmas of a keypoint dataset (``None``: boxes only)."""
+        return list(self.keypoint_set.sigmas) if self.keypoint_set else None
 
     def configure_targets(self, encoder: Encoder | None, stride: int, size_divisor: int) -> None:
         """How training samples are encoded (``encoder(boxes_in_output_pixels, labels, output_size)``), at the
@@ -151,7 +167,10 @@ class BaseDetectionDataModule(pl.LightningDataModule):
             self.input_size = self.choose_input_size(self.val_dataset)
         if self.train_dataset is not None:
             augment = self.hparams.augment or {}
-            self.train_dataset.transform = TrainTransform(self.input_size, mean=mean, std=std, **augment)
+            flips = self.keypoint_set.flip_permutation() if self.keypoint_set else None
+            self.train_dataset.transform = TrainTransform(
+                self.input_size, mean=mean, std=std, flip_permutation=flips, **augment
+            )
         self.val_dataset.transform = self.eval_transform()
         if self.train_dataset is not None and self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(f"{self.train_dataset.source} and {self.val_dataset.source} list different category ids")
@@ -204,8 +223,9 @@ class DetectionDataModule(BaseDetectionDataModule):
     """COCO-format files (COCO 2017, the embedded dataset, any export).
 
     Args:
-        root: dataset folder. With the COCO 2017 layout (``annotations/instances_{split}2017.json``,
+        root: dataset folder. With the COCO 2017 layout (``annotations/{annotation_prefix}_{split}2017.json``,
             ``{split}2017/``) it is all that is needed; explicit ``*_ann`` / ``*_img_dir`` override it.
+        annotation_prefix: ``instances`` (boxes) or ``person_keypoints`` (COCO keypoints) in that layout.
         generate: keyword arguments of :func:`keypointdet.data.synthetic.generate_dataset`; when
             given, the embedded dataset is generated into ``root`` on first use.
         **kwargs: see :class:`BaseDetectionDataModule`.
@@ -219,13 +239,14 @@ class DetectionDataModule(BaseDetectionDataModule):
         val_ann: str | None = None,
         val_img_dir: str | None = None,
         generate: dict[str, Any] | None = None,
+        annotation_prefix: str = "instances",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         layout = Path(root) if root is not None else None
-        self.train_ann = self._path(train_ann, layout, "annotations/instances_train2017.json", "train_ann")
+        self.train_ann = self._path(train_ann, layout, f"annotations/{annotation_prefix}_train2017.json", "train_ann")
         self.train_img_dir = self._path(train_img_dir, layout, "train2017", "train_img_dir")
-        self.val_ann = self._path(val_ann, layout, "annotations/instances_val2017.json", "val_ann")
+        self.val_ann = self._path(val_ann, layout, f"annotations/{annotation_prefix}_val2017.json", "val_ann")
         self.val_img_dir = self._path(val_img_dir, layout, "val2017", "val_img_dir")
 
     @staticmethod
@@ -253,7 +274,7 @@ class DetectionDataModule(BaseDetectionDataModule):
         ann_file, img_dir = (
             (self.train_ann, self.train_img_dir) if split == "train" else (self.val_ann, self.val_img_dir)
         )
-        return CocoDetection(ann_file, img_dir, transform, encoder, self.stride, self.hparams.strict)
+        return CocoDetection(ann_file, img_dir, transform, encoder, self.stride, self.hparams.strict, self.num_joints)
 
 
 class VOCDataModule(BaseDetectionDataModule):

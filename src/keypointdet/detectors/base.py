@@ -74,6 +74,8 @@ class KeypointDetector(nn.Module):
     """
 
     name: str  # the key of this class in keypointdet.detectors.DETECTORS
+    # whether its detections end with keypoints [B, K, J, 3] (a pose detector)
+    predicts_keypoints = False
 
     def __init__(  # the first four arguments are every detector's; subclasses set the last four
         self, backbone: nn.Module | Mapping[str, Any], num_classes: int, category_ids: Sequence[int] | None = None,

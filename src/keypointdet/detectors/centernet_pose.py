@@ -45,6 +45,7 @@ class CenterNetPose(CenterNet):
     """
 
     name = "centernet_pose"
+    predicts_keypoints = True
 
     def __init__(  # CenterNet's arguments, the keypoint set and the snapping rule
         self, backbone: nn.Module | Mapping[str, Any], num_classes: int, category_ids: Sequence[int] | None = None,
