@@ -296,8 +296,8 @@ def _per_class_ap(evaluation: COCOeval, category_names: dict[int, str]) -> dict[
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """A plain-text table of the COCO metrics followed by per-class AP."""
-    names = (*STAT_NAMES, VOC07_NAME, *KEYPOINT_STAT_NAMES)
-    lines = [f"{name:>12s}  {metrics[name]:.4f}" for name in names if name in metrics]
-    lines += [f"{name:>12s}  {value:.4f}" for name, value in metrics.items() if name.startswith("AP/")]
-    return "\n".join(lines)
+    """A plain-text table of the COCO metrics (box, then keypoint) followed by per-class AP."""
+    names = [name for name in (*STAT_NAMES, VOC07_NAME, *KEYPOINT_STAT_NAMES) if name in metrics]
+    names += [name for name in metrics if name.startswith("AP/")]
+    width = max([12] + [len(name) for name in names if not name.startswith("AP/")])
+    return "\n".join(f"{name:>{width}s}  {metrics[name]:.4f}" for name in names)

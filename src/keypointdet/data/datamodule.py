@@ -47,6 +47,9 @@ from keypointdet.log import get_logger
 
 log = get_logger(__name__)
 
+# data.generator: the embedded datasets' generators, (root, **data.generate)
+GENERATORS = {"shapes": generate_dataset}
+
 class BaseDetectionDataModule(pl.LightningDataModule):
     """Train / val dataloaders over a detection dataset; subclasses say where the data is.
 
@@ -226,8 +229,10 @@ class DetectionDataModule(BaseDetectionDataModule):
         root: dataset folder. With the COCO 2017 layout (``annotations/{annotation_prefix}_{split}2017.json``,
             ``{split}2017/``) it is all that is needed; explicit ``*_ann`` / ``*_img_dir`` override it.
         annotation_prefix: ``instances`` (boxes) or ``person_keypoints`` (COCO keypoints) in that layout.
-        generate: keyword arguments of :func:`keypointdet.data.synthetic.generate_dataset`; when
-            given, the embedded dataset is generated into ``root`` on first use.
+        generate: keyword arguments of the embedded dataset's generator; when given, the dataset is generated
+            into ``root`` on first use.
+        generator: which embedded dataset: ``shapes`` (:func:`keypointdet.data.synthetic.generate_dataset`) or
+            ``pose`` (:func:`keypointdet.data.synthetic_pose.generate_pose_dataset`).
         **kwargs: see :class:`BaseDetectionDataModule`.
     """
 
@@ -240,9 +245,12 @@ class DetectionDataModule(BaseDetectionDataModule):
         val_img_dir: str | None = None,
         generate: dict[str, Any] | None = None,
         annotation_prefix: str = "instances",
+        generator: str = "shapes",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if generator not in GENERATORS:
+            raise ValueError(f"data.generator must be one of {sorted(GENERATORS)}, got {generator!r}")
         layout = Path(root) if root is not None else None
         self.train_ann = self._path(train_ann, layout, f"annotations/{annotation_prefix}_train2017.json", "train_ann")
         self.train_img_dir = self._path(train_img_dir, layout, "train2017", "train_img_dir")
@@ -260,7 +268,7 @@ class DetectionDataModule(BaseDetectionDataModule):
     def prepare_data(self) -> None:
         """Generate the embedded dataset when it is configured and not there yet."""
         if self.hparams.generate is not None and not (self.train_ann.is_file() and self.val_ann.is_file()):
-            generate_dataset(self.train_ann.parent, **self.hparams.generate)
+            GENERATORS[self.hparams.generator](self.train_ann.parent, **self.hparams.generate)
 
     def categories(self) -> list[dict[str, Any]]:
         """The categories of ``train_ann`` (call :meth:`prepare_data` first for the embedded dataset)."""

@@ -16,12 +16,6 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-# COCO person keypoints (person_keypoints_*.json): the default of data=coco_keypoints.
-COCO_KEYPOINT_NAMES = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-    "right_ankle",
-)  # fmt: skip
 VISIBILITIES = (0, 1, 2)
 
 
