@@ -74,6 +74,26 @@ def compose_train(tmp_path: Path, tiny_dataset: Path) -> Callable[..., DictConfi
     GlobalHydra.instance().clear()
 
 
+def check_seeded(generate: Callable[[Path, int], object], reference: Path, seed: int, tmp_path: Path,
+                 first_images: tuple[str, str]) -> None:  # fmt: skip
+    """A dataset generator ``generate(out, seed)`` writes the files of ``reference`` (made with ``seed``) again,
+    byte for byte, and files of the same names but other contents for another seed; ``first_images`` (the first
+    train and val image) differ, their splits having their own seeds."""
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    generate(tmp_path / "same", seed)
+    generate(tmp_path / "other", seed + 1)
+    expected = files(reference)
+    assert files(tmp_path / "same") == expected
+    other = files(tmp_path / "other")
+    assert other.keys() == expected.keys()
+    train_image, val_image = first_images
+    assert other["train.json"] != expected["train.json"] and other[train_image] != expected[train_image]
+    assert expected[train_image] != expected[val_image]
+
+
 def write_coco(path: Path, images: list[dict], annotations: list[dict], categories: list[dict] | None = None) -> Path:
     """Write a COCO instances file; ``categories`` default to ids 1..3 named a, b, c."""
     categories = categories if categories is not None else [{"id": i, "name": n} for i, n in enumerate("abc", 1)]

@@ -106,6 +106,8 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     ".venv/bin/python eval.py ckpt_path=$RUN/checkpoints/last.ckpt model.tta.flip=true": (),
     ".venv/bin/python predict.py ckpt_path=$RUN/checkpoints/last.ckpt input=data/synthetic/val output=predictions": (),
     "python -m keypointdet.data.synthetic out=DIR [num_train=N num_val=N seed=S]": (),
+    # docs/pose_data.md
+    "python -m keypointdet.data.synthetic_pose out=DIR [num_train=N num_val=N seed=S]": (),
     "python train.py": (),
     "python train.py ckpt_path=...": (),
     # Training on your data

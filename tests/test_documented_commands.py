@@ -173,7 +173,7 @@ def check_outputs(argv: list[str], run_dir: Path, workspace: Path) -> None:
             assert json.loads((output / "detections.json").read_text())
     elif entry.endswith("export"):
         assert (workspace / arguments["output"]).stat().st_size > 0
-    elif entry.endswith("synthetic"):
+    elif entry.endswith(("synthetic", "synthetic_pose")):
         assert json.loads((workspace / "generated" / "val.json").read_text())["images"]
 
 

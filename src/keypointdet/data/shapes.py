@@ -17,16 +17,11 @@ import cv2
 import numpy as np
 
 from keypointdet.data.backgrounds import background
-_SUPERSAMPLE = 4  # rasterise at 4x and area-average: alpha = pixel coverage in 1/16 steps
-_SHIFT = 4  # fractional bits of the vertex coordinates given to cv2.fillPoly
+from keypointdet.data.rendering import HALF_COVERED, pick_colour, rasterise, with_noise
+
 _PLACEMENT_TRIES = 6
-_COLOUR_TRIES = 24
-_MIN_CONTRAST = 60.0  # RGB distance from nearly all pixels bordering the object
-_MAX_SURROUNDINGS = 256  # bordering pixels compared against each candidate colour
-_MAX_CLOSE_FRACTION = 0.1  # tolerate a few bordering pixels (noise, thin lines) of similar colour
 _ASPECT_RANGE = (0.5, 2.0)
 _NOISE_SIGMA = (1.0, 5.0)
-_HALF_COVERED = 120  # alpha of >= 8 of 16 samples (8/16 -> 127.5, 7/16 -> 111.6 before rounding)
 
 Polygons = list[tuple[np.ndarray, bool]]  # (N, 2) outline in drawing order, True = fill, False = hole
 
@@ -114,31 +109,7 @@ def _sample_polygons(rng: np.random.Generator, label: int, size: float) -> Polyg
     return [(points * (size / extent), fill) for points, fill in polygons]
 
 
-def _rasterise(polygons: Polygons, origin: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Coverage (uint8, 255 = full) of ``height`` x ``width`` pixels starting at ``origin`` (x, y).
-
-    Coordinates are continuous with pixel i spanning [i, i + 1), as in COCO boxes.
-    """
-    s = _SUPERSAMPLE
-    canvas = np.zeros((height * s, width * s), np.uint8)
-    for points, fill in polygons:
-        # cv2 fills pixels by their centre, hence the half-pixel shift at the supersampled scale
-        fixed = np.round(((points - origin) * s - 0.5) * (1 << _SHIFT)).astype(np.int32)
-        cv2.fillPoly(canvas, [fixed], 255 if fill else 0, cv2.LINE_8, _SHIFT)
-    return cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA)
-
-
 # -------------------------------------------------------------------------- objects
-
-
-def _pick_colour(rng: np.random.Generator, surroundings: np.ndarray) -> np.ndarray:
-    """A random colour far from (nearly all of) the pixels bordering the object."""
-    surroundings = surroundings[:: -(-len(surroundings) // _MAX_SURROUNDINGS)]  # an even subsample is enough
-    candidates = rng.uniform(0, 255, (_COLOUR_TRIES, 3)).astype(np.float32)
-    squared = (candidates**2).sum(1)[:, None] - 2 * candidates @ surroundings.T + (surroundings**2).sum(1)[None]
-    too_close = (squared < _MIN_CONTRAST**2).mean(axis=1)
-    good = np.flatnonzero(too_close <= _MAX_CLOSE_FRACTION)
-    return candidates[good[0] if good.size else np.argmin(too_close)]
 
 
 class _Scene:
@@ -164,7 +135,7 @@ class _Scene:
         """Composite a shape of coverage ``alpha`` at (y, x) in a colour contrasting with its surroundings."""
         ring = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~mask
         crop = self.image[y, x]
-        colour = _pick_colour(rng, crop[ring] if ring.any() else crop.reshape(-1, 3))
+        colour = pick_colour(rng, crop[ring] if ring.any() else crop.reshape(-1, 3))
         a = alpha[..., None].astype(np.float32) / 255
         self.image[y, x] = crop * (1 - a) + colour * a
         self.visible -= self._newly_hidden(y, x, mask)
@@ -186,8 +157,9 @@ def _place(rng: np.random.Generator, scene: _Scene, label: int, size: float) -> 
         # work in a crop with room around the shape for the contrast check of its surroundings
         origin = np.maximum(np.floor(low + offset).astype(int) - 2, 0)
         x1, y1 = np.minimum(np.ceil(high + offset).astype(int) + 2, [width, height])
-        alpha = _rasterise([(p + offset, fill) for p, fill in polygons], origin, y1 - origin[1], x1 - origin[0])
-        mask = alpha > _HALF_COVERED
+        outlines = [(p + offset, 255 if fill else 0) for p, fill in polygons]
+        alpha = rasterise(outlines, origin, y1 - origin[1], x1 - origin[0])
+        mask = alpha > HALF_COVERED
         ys, xs = np.nonzero(mask)
         y, x = slice(origin[1], y1), slice(origin[0], x1)
         if ys.size == 0 or scene.occludes_too_much(y, x, mask):
@@ -211,7 +183,4 @@ def render_scene(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndar
         placed = _place(rng, scene, label, size)
         if placed is not None:
             objects.append(placed)
-    noisy = rng.standard_normal(scene.image.shape, dtype=np.float32)
-    noisy *= np.float32(rng.uniform(*_NOISE_SIGMA))
-    noisy += scene.image + np.float32(0.5)  # + 0.5 so that truncation to uint8 rounds
-    return np.clip(noisy, 0, 255, out=noisy).astype(np.uint8), objects
+    return with_noise(rng, scene.image, _NOISE_SIGMA), objects

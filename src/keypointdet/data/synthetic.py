@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,36 +31,50 @@ from keypointdet.io import write_text_atomically
 from keypointdet.runs import hydra_main
 
 SPLITS: tuple[str, ...] = ("train", "val")
+# an image's rendering from its own generator: the RGB uint8 image and its COCO annotations without ids
+Render = Callable[[np.random.Generator], tuple[np.ndarray, list[dict[str, Any]]]]
 
 
-def _write_split(out: Path, split: str, count: int, seed: int, config: SceneConfig) -> dict:
-    """Render and save a split's images; return its COCO dict."""
-    folder = out / split
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_split(out: Path, split: str, count: int, seed: int, render: Render, image_path: str) -> dict:
+    """Render and save a split's images; return its COCO images and annotations."""
+    (out / image_path.format(split=split, index=0)).parent.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         # a child seed per (split, image): images are independent of each other and of the split sizes
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index)))
-        image, objects = render_scene(rng, config)
-        file_name = f"{index:06d}.png"
-        if not cv2.imwrite(str(folder / file_name), np.ascontiguousarray(image[..., ::-1])):
-            raise OSError(f"could not write {folder / file_name}")
+        image, objects = render(rng)
+        path = out / image_path.format(split=split, index=index)
+        if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1])):
+            raise OSError(f"could not write {path}")
         image_id = index + 1
         height, width = image.shape[:2]
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
         for obj in objects:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": obj.label + 1,
-                    "bbox": list(obj.bbox),
-                    "area": obj.area,
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
-    return {"images": images, "annotations": annotations, "categories": categories}
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj})
+    return {"images": images, "annotations": annotations}
+
+
+def write_coco_dataset(
+    out: Path, sizes: dict[str, int], seed: int, render: Render, categories: list[dict], image_path: str
+) -> dict[str, Path]:
+    """Render ``sizes[split]`` images per split of :data:`SPLITS`, save them to ``out / image_path`` (formatted
+    with ``split`` and ``index``; the JSON ``file_name`` is the file's name) and write ``out/<split>.json``
+    last and atomically; return ``{split: annotation JSON path}``."""
+    paths = {split: out / f"{split}.json" for split in sizes}
+    for path in paths.values():
+        path.unlink(missing_ok=True)  # a previous run's index must not vouch for images being rewritten
+    splits = {split: _write_split(out, split, count, seed, render, image_path) for split, count in sizes.items()}
+    for split, data in splits.items():
+        write_text_atomically(paths[split], json.dumps({**data, "categories": categories}))
+    return paths
+
+
+def _render_shapes(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    image, objects = render_scene(rng, config)
+    annotations = [
+        {"category_id": obj.label + 1, "bbox": list(obj.bbox), "area": obj.area, "iscrowd": 0} for obj in objects
+    ]
+    return image, annotations
 
 
 def generate_dataset(
@@ -94,14 +111,10 @@ def generate_dataset(
     if max_objects < 1 or not 0 < max_covered < 1:
         raise ValueError("need max_objects >= 1 and 0 < max_covered < 1")
     config = SceneConfig(image_size, min_object, max_object_fraction, max_objects, max_covered)
-    out = Path(out)
-    paths = {split: out / f"{split}.json" for split in SPLITS}
-    for path in paths.values():
-        path.unlink(missing_ok=True)  # a previous run's index must not vouch for images being rewritten
-    datasets = {split: _write_split(out, split, n, seed, config) for split, n in zip(SPLITS, (num_train, num_val))}
-    for split, data in datasets.items():
-        write_text_atomically(paths[split], json.dumps(data))
-    return paths
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    render = partial(_render_shapes, config=config)
+    sizes = {"train": num_train, "val": num_val}
+    return write_coco_dataset(Path(out), sizes, seed, render, categories, image_path="{split}/{index:06d}.png")
 
 
 def summarize(path: str | Path) -> str:
@@ -114,13 +127,19 @@ def summarize(path: str | Path) -> str:
     return f"{path}: {n_images} images, {n_objects} objects ({n_objects / max(n_images, 1):.1f}/image): {classes}"
 
 
+def generator_settings(cfg: DictConfig, module: str, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """A generator's keyword arguments from its command's config: all but the output folder ``out`` (required)
+    and Hydra's keys, the (min, max) settings ``pairs`` as tuples."""
+    if cfg.get("out") is None:
+        raise ValueError(f"give the output folder: python -m {module} out=DIR")
+    settings = {key: value for key, value in cfg.items() if key not in ("out", "task_name", "paths")}
+    return {key: tuple(value) if key in pairs else value for key, value in settings.items()}
+
+
 @hydra_main("synthetic")
 def main(cfg: DictConfig) -> None:
     """Generate the dataset into ``cfg.out`` and print one summary line per split."""
-    if cfg.get("out") is None:
-        raise ValueError("give the output folder: python -m keypointdet.data.synthetic out=DIR")
-    settings = {key: value for key, value in cfg.items() if key not in ("out", "task_name", "paths")}
-    settings["image_size"] = tuple(settings["image_size"])
+    settings = generator_settings(cfg, "keypointdet.data.synthetic", pairs=("image_size",))
     for path in generate_dataset(cfg.out, **settings).values():
         print(summarize(path))
 
