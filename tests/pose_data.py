@@ -42,13 +42,32 @@ def write_keypoint_dataset(
         file_name = f"{image_id:04d}.png"
         write_image(img_dir / file_name, size, size, seed=image_id)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        lowest_top = size - 8 * (len(names) + 2) // 3 - 20  # the figure's rows and margins fit below it
         for column in rng.permutation(3)[: rng.integers(1, 4)]:
-            box, keypoints = figure(rng, 4 + column * size / 3, rng.uniform(2, size - 8 * (len(names) + 2) // 3 - 20), len(names))
+            box, keypoints = figure(rng, 4 + column * size / 3, rng.uniform(2, lowest_top), len(names))
             annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": box, "area": box[2] * box[3],
-                "iscrowd": 0, "keypoints": keypoints, "num_keypoints": sum(v > 0 for v in keypoints[2::3]),
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": box,
+                "area": box[2] * box[3], "iscrowd": 0, "keypoints": keypoints,
+                "num_keypoints": sum(v > 0 for v in keypoints[2::3]),
             })  # fmt: skip
     category = {"id": 1, "name": "figure", "keypoints": names, "skeleton": [[1, j] for j in range(2, len(names) + 1)]}
     ann_file.parent.mkdir(parents=True, exist_ok=True)
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [category]}))
     return ann_file
+
+
+def with_keypoints(instances_file: Path, out: Path, num_joints: int, seed: int = 0) -> Path:
+    """A COCO instances file turned into a keypoint file of one category (id 1, ``person``) with ``num_joints``
+    joints, visible, drawn at random inside each object's box (the same images: a stand-in keypoint dataset)."""
+    rng = np.random.default_rng(seed)
+    data = json.loads(instances_file.read_text())
+    for ann in data["annotations"]:
+        x, y, width, height = ann["bbox"]
+        points = rng.uniform([x, y], [x + width, y + height], size=(num_joints, 2))
+        keypoints = [value for x, y in points.tolist() for value in (x, y, 2)]
+        ann.update(category_id=1, keypoints=keypoints, num_keypoints=num_joints)
+    names = [f"joint_{j}" for j in range(num_joints)]
+    data["categories"] = [{"id": 1, "name": "person", "keypoints": names, "skeleton": [[1, 2]]}]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data))
+    return out

@@ -54,7 +54,8 @@ def test_joint_targets_follow_a_per_joint_loop(seed: int) -> None:
             heatmaps[j] = np.maximum(heatmaps[j], naive_gaussian_map(size, cell, radius))
             assert targets["joint_index"][slot] == cell[1] * size[1] + cell[0]
             np.testing.assert_allclose(targets["joint_offset"][slot], [x - cell[0], y - cell[1]], atol=1e-5)
-            np.testing.assert_allclose(targets["joint_vector"][m, 2 * j : 2 * j + 2], [x - centre[0], y - centre[1]], atol=1e-5)
+            vector = targets["joint_vector"][m, 2 * j : 2 * j + 2]
+            np.testing.assert_allclose(vector, [x - centre[0], y - centre[1]], atol=1e-5)
     assert targets["joint_mask"].numpy().tolist() == valid.tolist() and 0 < valid.sum() < valid.size
     np.testing.assert_allclose(targets["joint_heatmap"].numpy(), heatmaps, atol=1e-6)
     assert targets["num_dropped"] == 1
@@ -69,7 +70,8 @@ def test_flip_mirrors_keypoints_and_swaps_left_and_right() -> None:
     image = rng.integers(0, 255, size=(120, 120, 3), dtype=np.uint8)
     outputs = {}
     for flip in (0.0, 1.0):
-        transform = TrainTransform(96, scales=(1.0,), border=16, flip=flip, flip_permutation=keypoint_set.flip_permutation())
+        permutation = keypoint_set.flip_permutation()
+        transform = TrainTransform(96, scales=(1.0,), border=16, flip=flip, flip_permutation=permutation)
         transform.set_random_seed(5)  # the same crop in both
         outputs[flip] = transform(image, boxes, np.zeros(2, dtype=np.int64), keypoints)
     plain, mirrored = outputs[0.0], outputs[1.0]

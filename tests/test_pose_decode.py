@@ -61,7 +61,8 @@ def test_pose_decode_matches_a_loop_over_detections_and_joints(seed: int) -> Non
     heatmap = distinct_map(seed, (batch, 1, height, width))
     joint_heatmap = distinct_map(seed + 10, (batch, joints, height, width))
     size = 2 + 6 * torch.rand(batch, 2, height, width, generator=g)
-    offset, joint_offset = torch.rand(batch, 2, height, width, generator=g), torch.rand(batch, 2, height, width, generator=g)
+    offset = torch.rand(batch, 2, height, width, generator=g)
+    joint_offset = torch.rand(batch, 2, height, width, generator=g)
     joint_vector = 6 * torch.rand(batch, 2 * joints, height, width, generator=g) - 3
     maps = (heatmap, size, offset, joint_vector, joint_heatmap, joint_offset)
     boxes, scores, _, keypoints = centernet_pose_decode(*maps, k=k, joint_threshold=0.3, snap_distance=0.3)
@@ -103,7 +104,8 @@ def test_flip_tta_of_an_image_and_its_mirror_swaps_joints_back(seed: int, snap_d
     # joint j of the mirror is the mirror of its partner (flip pairs [1, 2], [3, 4])
     mirrored_keypoints = keypoints[:, [0, 2, 1, 4, 3]].copy()
     mirrored_keypoints[..., 0] = size[1] - mirrored_keypoints[..., 0]
-    detector = CenterNetPose(ResNet(18, neck_channels=(8, 8, 8)), 1, keypoints=KEYPOINTS, k=2, snap_distance=snap_distance)
+    backbone = ResNet(18, neck_channels=(8, 8, 8))
+    detector = CenterNetPose(backbone, 1, keypoints=KEYPOINTS, k=2, snap_distance=snap_distance)
     outputs = oracle_of(boxes, keypoints, size)
     _, scores, _, merged = detector.flip_candidates(outputs, oracle_of(mirrored_boxes, mirrored_keypoints, size))[0]
     _, _, _, single = detector.candidates(outputs)

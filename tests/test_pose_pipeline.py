@@ -32,13 +32,14 @@ def test_perfect_predictions_give_keypoint_ap_1(tmp_path: Path) -> None:
     ann_file = write_keypoint_dataset(tmp_path / "val.json", tmp_path / "images", num_images=6, seed=3)
     dataset = CocoDetection(ann_file, tmp_path / "images", Letterbox(128, 32), CenterNetPoseEncoder(1), num_joints=5)
     model = pose_detector()
-    metric = CocoMeanAveragePrecision(dataset.coco, model.category_ids, model.max_detections, sigmas=KEYPOINTS["sigmas"])
+    metric = CocoMeanAveragePrecision(dataset.coco, model.category_ids, sigmas=KEYPOINTS["sigmas"])
     batch = collate([dataset[i] for i in range(len(dataset))])
     assert batch["joint_mask"].sum() == sum(ann["num_keypoints"] for ann in dataset.coco.anns.values())
     boxes, scores, labels, keypoints = model.decode(centernet_pose_oracle(batch))
     mapping = BoxMapping.from_batch(batch)
     points = mapping.points_to_original(keypoints[..., :2] * model.stride)
-    metric.update(batch["image_id"], mapping.to_original(boxes * model.stride), scores, labels, torch.cat([points, keypoints[..., 2:]], -1))
+    keypoints = torch.cat([points, keypoints[..., 2:]], -1)
+    metric.update(batch["image_id"], mapping.to_original(boxes * model.stride), scores, labels, keypoints)
     metrics = metric.compute()
     assert metrics["kp_mAP"] == pytest.approx(1.0) and metrics["kp_mAR"] == pytest.approx(1.0)
     assert metrics["mAP"] == pytest.approx(1.0)
@@ -70,7 +71,8 @@ def test_keypoint_ap_of_one_detection_follows_the_oks_formula_with_the_given_sig
     assert np.abs(OKS_THRESHOLDS - oks).min() > 1e-6
     matched = (OKS_THRESHOLDS <= oks).astype(float)  # one object, one detection: AP 1 where they match, else 0
     xyxy = torch.tensor([[box[0], box[1], box[0] + box[2], box[1] + box[3]]])
-    detections = {1: coco_results(1, xyxy, torch.tensor([0.9]), torch.tensor([0]), [1], torch.as_tensor(detected[None]))}
+    results = coco_results(1, xyxy, torch.tensor([0.9]), torch.tensor([0]), [1], torch.as_tensor(detected[None]))
+    detections = {1: results}
     metrics = evaluate_keypoints(ground_truth, detections, sigmas.tolist())
     assert metrics["kp_mAP"] == pytest.approx(matched.mean())
     assert metrics["kp_mAP50"] == pytest.approx(matched[0]) and metrics["kp_mAP75"] == pytest.approx(matched[5])

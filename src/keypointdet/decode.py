@@ -145,7 +145,8 @@ def centernet_pose_decode(  # centernet_decode's arguments, the joints' maps, th
     """
     peaks, cx, cy = logit_peaks(heatmap, offset, k, nms_kernel)
     joint_scores = torch.sigmoid(joint_heatmap.float())
-    return _pose_detections(peaks, cx, cy, size, joint_vector, joint_scores, joint_offset, joint_threshold, snap_distance)
+    snapping = (joint_threshold, snap_distance)
+    return _pose_detections(peaks, cx, cy, size, joint_vector, joint_scores, joint_offset, *snapping)
 
 
 def centernet_pose_decode_scores(  # the arguments of centernet_pose_decode, with heatmaps of probabilities
@@ -156,7 +157,8 @@ def centernet_pose_decode_scores(  # the arguments of centernet_pose_decode, wit
     ``joint_scores [B, J, H, W]``; e.g. an image's and its mirror's averaged, for flip test-time augmentation)."""
     peaks, cx, cy = refined_peaks(scores, offset, k, nms_kernel)
     peaks = peaks._replace(scores=peaks.scores.clamp(min=0))
-    return _pose_detections(peaks, cx, cy, size, joint_vector, joint_scores, joint_offset, joint_threshold, snap_distance)
+    snapping = (joint_threshold, snap_distance)
+    return _pose_detections(peaks, cx, cy, size, joint_vector, joint_scores, joint_offset, *snapping)
 
 
 def _pose_detections(  # the peaks of the centres, then the joints' maps and the snapping rule
@@ -167,7 +169,8 @@ def _pose_detections(  # the peaks of the centres, then the joints' maps and the
     batch, num_detections = scores.shape
     vectors = gather_at(joint_vector.float(), peaks.index).reshape(batch, num_detections, -1, 2)
     regressed = vectors + torch.stack([peaks.xs, peaks.ys], dim=-1).unsqueeze(2).float()
-    keypoints = snap_joints(regressed, boxes, joint_scores, joint_offset, num_detections, joint_threshold, snap_distance)
+    snapping = (num_detections, joint_threshold, snap_distance)
+    keypoints = snap_joints(regressed, boxes, joint_scores, joint_offset, *snapping)
     return boxes, scores, labels, keypoints
 
 

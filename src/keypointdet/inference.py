@@ -104,7 +104,8 @@ def detect_batch(
     """The detections of a collated evaluation batch (letterboxed images with their mapping), one list per image."""
     device = next(model.parameters()).device
     mapping = BoxMapping.from_batch({name: value.to(device) for name, value in batch.items()})
-    boxes, scores, labels, *keypoints = (value.cpu() for value in detect(model, batch["image"].to(device), mapping, tta))
+    detections = detect(model, batch["image"].to(device), mapping, tta)
+    boxes, scores, labels, *keypoints = (value.cpu() for value in detections)
     joints = keypoints[0] if keypoints else [None] * len(boxes)
     names = dict(zip(model.category_ids, model.class_names))
     return [

@@ -142,7 +142,8 @@ def clean_annotations(
                 problems["clipped"].append(ann["id"])
                 ann = {**ann, "bbox": clipped}
             if num_joints is not None:
-                ann = _with_checked_keypoints(ann, images[ann["image_id"]], num_joints, source, strict, problems, counts)
+                image = images[ann["image_id"]]
+                ann = _with_checked_keypoints(ann, image, num_joints, source, strict, problems, counts)
             # COCOeval needs both; exports often leave them out
             kept.append({"iscrowd": 0, "area": ann["bbox"][2] * ann["bbox"][3], **ann})
             continue

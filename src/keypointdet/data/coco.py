@@ -190,7 +190,7 @@ class CocoDetection(Dataset):
         if not getattr(self.encoder, "needs_keypoints", False):
             return self.encoder(boxes / self.stride, labels, output_size)
         if keypoints is None:
-            raise ValueError(f"{self.source}: the detector trains on keypoints; give the data config its data.keypoints")
+            raise ValueError(f"{self.source}: the detector trains on keypoints; give the data config data.keypoints")
         points = np.concatenate([keypoints[..., :2] / self.stride, keypoints[..., 2:]], axis=-1)
         return self.encoder(boxes / self.stride, labels, output_size, points)
 

@@ -34,6 +34,7 @@ from keypointdet.data.loading import (  # collate, EpochSampler and the auto rul
     loader_settings,
 )
 from keypointdet.data.synthetic import generate_dataset
+from keypointdet.data.synthetic_pose import generate_pose_dataset
 from keypointdet.data.transforms import (
     EVAL_RESIZES,
     IMAGENET_MEAN,
@@ -48,7 +49,7 @@ from keypointdet.log import get_logger
 log = get_logger(__name__)
 
 # data.generator: the embedded datasets' generators, (root, **data.generate)
-GENERATORS = {"shapes": generate_dataset}
+GENERATORS = {"shapes": generate_dataset, "pose": generate_pose_dataset}
 
 class BaseDetectionDataModule(pl.LightningDataModule):
     """Train / val dataloaders over a detection dataset; subclasses say where the data is.

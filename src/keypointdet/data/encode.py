@@ -229,9 +229,9 @@ def encode_centernet_pose(
         ``joint_index [M * J]`` (``y * W + x`` of joint ``j`` of object ``m`` at ``m * J + j``), ``joint_offset
         [M * J, 2]`` (joint minus its cell) and ``joint_mask [M * J]`` bool, in output pixels.
     """
-    keypoints = np.asarray(keypoints, dtype=np.float64)
-    if keypoints.ndim != 3 or keypoints.shape[0] != len(np.reshape(labels, -1)) or keypoints.shape[2] != 3:
-        raise ValueError(f"keypoints must be [N, J, 3] for the {len(np.reshape(labels, -1))} objects, got {keypoints.shape}")
+    keypoints, count = np.asarray(keypoints, dtype=np.float64), len(np.reshape(labels, -1))
+    if keypoints.ndim != 3 or keypoints.shape[0] != count or keypoints.shape[2] != 3:
+        raise ValueError(f"keypoints must be [N, J, 3] for the {count} objects, got {list(keypoints.shape)}")
     targets = encode_centernet(boxes, labels, num_classes, output_size, max_objects, min_overlap, radius_variant)
     boxes, _, _ = _keep_first(boxes, labels, max_objects)
     keypoints, num_joints = keypoints[: len(boxes)], keypoints.shape[1]

@@ -41,7 +41,7 @@ class KeypointSet:
         """A keypoint set from ``data.keypoints`` (``names``, ``flip_pairs``, ``sigmas``, ``skeleton``), checked."""
         unknown = set(config) - {"names", "flip_pairs", "sigmas", "skeleton"}
         if unknown:
-            raise ValueError(f"data.keypoints has unknown keys {sorted(unknown)}; use names, flip_pairs, sigmas, skeleton")
+            raise ValueError(f"data.keypoints: unknown keys {sorted(unknown)} (names, flip_pairs, sigmas, skeleton)")
         return cls(
             names=tuple(str(name) for name in config["names"]),
             flip_pairs=tuple((int(a), int(b)) for a, b in config.get("flip_pairs") or ()),
@@ -57,7 +57,7 @@ class KeypointSet:
             raise ValueError(f"data.keypoints.sigmas must be positive, got {list(self.sigmas)}")
         paired = [joint for pair in self.flip_pairs for joint in pair]
         if any(not 0 <= joint < count for joint in paired) or len(set(paired)) != len(paired):
-            raise ValueError(f"data.keypoints.flip_pairs must pair distinct joints 0..{count - 1}, got {self.flip_pairs}")
+            raise ValueError(f"data.keypoints.flip_pairs must pair distinct joints 0..{count - 1}: {self.flip_pairs}")
         if any(not 1 <= joint <= count for limb in self.skeleton for joint in limb):
             raise ValueError(f"data.keypoints.skeleton joints are 1-based (COCO), 1..{count}, got {self.skeleton}")
 

@@ -55,8 +55,8 @@ class CenterNetPose(CenterNet):
     ) -> None:  # fmt: skip
         if keypoints is None:
             raise ValueError(
-                "centernet_pose needs the dataset's keypoint set: a data config with data.keypoints (names, flip_pairs, "
-                "sigmas, skeleton), e.g. data=pose_synthetic or data=coco_keypoints"
+                "centernet_pose needs the dataset's keypoint set: a data config with data.keypoints (names, "
+                "flip_pairs, sigmas, skeleton), e.g. data=pose_synthetic or data=coco_keypoints"
             )
         super().__init__(backbone, num_classes, category_ids, class_names, head_channels, None, None, k, nms, nms_iou)
         self.keypoints = KeypointSet.from_config(keypoints)

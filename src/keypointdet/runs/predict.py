@@ -94,7 +94,8 @@ def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
         image = read_image(file)
         detections = detect(image)
         all_detections[file.name] = detections
-        Image.fromarray(draw_detections(image, detections, cfg.score_threshold, detect.skeleton)).save(output / file.name)
+        drawn = draw_detections(image, detections, cfg.score_threshold, detect.skeleton)
+        Image.fromarray(drawn).save(output / file.name)
     (output / "detections.json").write_text(json.dumps(all_detections))
     print(f"{len(all_detections)} images with their detections (score >= {cfg.score_threshold}) drawn in {output}")
     return all_detections

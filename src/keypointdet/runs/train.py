@@ -235,7 +235,8 @@ def report(metrics: dict[str, float], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     print(format_table({name.removeprefix("val/"): value for name, value in metrics.items()}))
-    summary = f"val/mAP={metrics.get('val/mAP', float('nan')):.4f} val/mAP50={metrics.get('val/mAP50', float('nan')):.4f}"
+    nan = float("nan")
+    summary = f"val/mAP={metrics.get('val/mAP', nan):.4f} val/mAP50={metrics.get('val/mAP50', nan):.4f}"
     if "val/kp_mAP" in metrics:
         summary += f" val/kp_mAP={metrics['val/kp_mAP']:.4f} val/kp_mAP50={metrics['val/kp_mAP50']:.4f}"
     print(summary)
