@@ -113,3 +113,22 @@ def test_flip_tta_of_an_image_and_its_mirror_swaps_joints_back(seed: int, snap_d
     np.testing.assert_allclose(merged[0, order, :, :2].numpy(), keypoints[..., :2], atol=1e-4)
     np.testing.assert_allclose(merged.numpy(), single.numpy(), atol=1e-4)
     assert (merged[..., 2] > 0.99).all() and (scores > 0.99).all()
+
+
+@pytest.mark.parametrize("nms", [None, "class"])
+def test_merging_views_keeps_every_detection_with_its_keypoints(nms: str | None) -> None:
+    g = torch.Generator().manual_seed(0)
+    detector = CenterNetPose(ResNet(18, neck_channels=(8, 8, 8)), 1, keypoints=KEYPOINTS, k=6, nms=nms)
+    corners = 40 * torch.rand(1, 6, 2, generator=g)
+    boxes = torch.cat([corners, corners + 5 + 10 * torch.rand(1, 6, 2, generator=g)], dim=-1)
+    # a second view: the same objects, slightly moved and less confident
+    scores, labels = torch.rand(1, 6, generator=g), torch.zeros(1, 6, dtype=torch.int64)
+    views = [(boxes, scores, labels, torch.rand(1, 6, 5, 3, generator=g))]
+    views.append((boxes + 0.5, scores * 0.9, labels, torch.rand(1, 6, 5, 3, generator=g)))
+    merged_boxes, merged_scores, _, merged_keypoints = detector.merge(views)
+    candidates = [(box, points) for view in views for box, points in zip(view[0][0], view[3][0])]
+    kept = merged_scores[0] > 0
+    assert kept.sum() == 6 if nms is None else kept.sum() >= 1
+    for box, points in zip(merged_boxes[0][kept], merged_keypoints[0][kept]):
+        (source,) = [candidate for candidate_box, candidate in candidates if torch.equal(candidate_box, box)]
+        assert torch.equal(points, source)

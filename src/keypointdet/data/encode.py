@@ -205,15 +205,9 @@ def encode_cornernet(  # the arguments of encode_centernet, with CornerNet's min
     return targets
 
 
-def encode_centernet_pose(
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    keypoints: np.ndarray,
-    num_classes: int,
-    output_size: tuple[int, int],
-    max_objects: int = 32,
-    min_overlap: float = 0.7,
-    radius_variant: RadiusVariant = "corrected",
+def encode_centernet_pose(  # the arguments of encode_centernet, with the keypoints after the labels
+    boxes: np.ndarray, labels: np.ndarray, keypoints: np.ndarray, num_classes: int, output_size: tuple[int, int],
+    max_objects: int = 32, min_overlap: float = 0.7, radius_variant: RadiusVariant = "corrected",
 ) -> dict[str, Tensor]:
     """CenterNet multi-person pose targets for one image: :func:`encode_centernet`'s, and the joints' (official
     ``multi_pose``).
