@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from keypointdet.data.synthetic import generate_dataset
+from keypointdet.data.synthetic_pose import generate_pose_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
@@ -27,6 +28,14 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small embedded dataset (16 train / 8 val images) in COCO format."""
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, num_train=16, num_val=8, seed=7)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pose_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small embedded pose dataset (16 train / 8 val images, 13 joints) in COCO keypoints format."""
+    root = tmp_path_factory.mktemp("synthetic_pose")
+    generate_pose_dataset(root, num_train=16, num_val=8, seed=7)
     return root
 
 

@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "centernet": ("model=centernet", "backbone=resnet18", "backbone.neck_channels=[32,32,32]", "model.head_channels=16"),
     "cornernet": ("model=cornernet", "model.pool_channels=16"),
+    "centernet_pose": (
+        "model=centernet_pose", "backbone=resnet18", "backbone.neck_channels=[32,32,32]", "model.head_channels=16"
+    ),
 }
 
 

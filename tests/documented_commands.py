@@ -128,6 +128,14 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python train.py model=cornernet backbone=hourglass104 model.pool_channels=128 data=coco "
     "data.root=/data/coco2017 data.input_size=511 trainer=gpu": Slow(),
     "python train.py backbone=<name> [model=cornernet]": NotRun(TEMPLATE),
+    # Multi-person pose (the pose model's default data: the embedded pose dataset of the workspace)
+    "python train.py model=centernet_pose": (),
+    "python train.py model=centernet_pose data=coco_keypoints data.root=/data/coco2017": (),
+    "python -m keypointdet.tools.convert_official arch=centernet_pose_dla34 input=multi_pose_dla_3x.pth "
+    "output=multi_pose_dla_3x.ckpt": NotRun(
+        "needs the official multi_pose_dla_3x.pth; tests/test_convert_official_pose.py converts a file of its keys and "
+        "shapes with the command's function"
+    ),
     # Multi-GPU, sweeps, W&B (DDP on GPUs run as 2 CPU processes)
     "python train.py model=cornernet trainer=ddp trainer.devices=4": Slow(("trainer=ddp_cpu", "trainer.devices=2")),
     "python train.py model=cornernet trainer.devices=4": Slow(("trainer.devices=2", "trainer.strategy=ddp_spawn")),
@@ -172,6 +180,7 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python train.py experiment=centernet_dla34_coco data.root=/data/coco2017": RECIPE_ON_CPU,
     "python train.py experiment=centernet_hourglass104_coco data.root=/data/coco2017": Slow(),
     "python train.py experiment=cornernet_hourglass104_coco data.root=/data/coco2017": Slow(),
+    "python train.py experiment=centernet_pose_dla34_coco data.root=/data/coco2017": RECIPE_ON_CPU,
     # Results
     "python train.py model=cornernet": (),
     "python benchmarks/short_schedule.py --backbone resnet18_skip": (

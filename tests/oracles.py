@@ -60,3 +60,15 @@ def cornernet_oracle(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         oracle[f"{corner}_embedding"] = scatter_at(index, batch["mask"], tags, shape)
         oracle[f"{corner}_offset"] = scatter_at(index, batch["mask"], batch[f"{corner}_offset"], shape)
     return oracle
+
+
+def centernet_pose_oracle(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CenterNet pose raw outputs that decode to the batch's ground truth: CenterNet's, every object's joint
+    vectors at its centre, the joint heatmaps, every labelled joint's offset at its cell."""
+    shape = batch["heatmap"].shape[-2:]
+    return {
+        **centernet_oracle(batch),
+        "joint_vector": scatter_at(batch["index"], batch["mask"], batch["joint_vector"], shape),
+        "joint_heatmap": logit(batch["joint_heatmap"]),
+        "joint_offset": scatter_at(batch["joint_index"], batch["joint_mask"], batch["joint_offset"], shape),
+    }

@@ -22,6 +22,7 @@ import pytest
 from conftest import write_coco_layout, write_image
 from documented_commands import COMMANDS, VARIANTS, NotRun, Slow, documented_commands
 from hydra.core.global_hydra import GlobalHydra
+from pose_data import with_keypoints
 from test_data_voc import write_voc
 from test_video import write_video
 
@@ -60,11 +61,15 @@ def write_one_image_folder(dataset: Path, mine: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workspace(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The working directory of the commands: the datasets they name, an image, and the run of the
+def workspace(tiny_dataset: Path, tiny_pose_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working directory of the commands: the datasets they name (the embedded pose dataset in
+    ``data/synthetic_pose``, COCO-17 keypoint files over the COCO layout's images), an image, and the run of the
     documented ``python train.py`` (``logs/train/runs/tiny``), whose ``last.ckpt`` is their checkpoint."""
     workspace = tmp_path_factory.mktemp("workspace")
     write_coco_layout(tiny_dataset, workspace / "coco2017")
+    for split in ("train", "val"):
+        annotations = workspace / "coco2017" / "annotations" / f"person_keypoints_{split}2017.json"
+        with_keypoints(tiny_dataset / f"{split}.json", annotations, num_joints=17)
     write_one_image_folder(tiny_dataset, workspace / "mine")
     write_voc(workspace / "VOCdevkit")
     write_image(workspace / "image.jpg", 90, 120)
@@ -72,6 +77,7 @@ def workspace(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (workspace / "a_folder").symlink_to(tiny_dataset / "val")
     (workspace / "data").mkdir()
     (workspace / "data" / "synthetic").symlink_to(tiny_dataset)
+    (workspace / "data" / "synthetic_pose").symlink_to(tiny_pose_dataset)
     run_dir = workspace / "logs" / "train" / "runs" / "tiny"
     # a schedule that does not depend on max_epochs, so that the resume commands can train one more epoch
     argv = with_tiny_settings("python train.py", workspace, run_dir, tiny_dataset, ("optimizer=adam_multistep", "model.scheduler.milestones=[10]"))
@@ -121,7 +127,9 @@ def with_tiny_settings(
         tiny += [] if automatic_size else [TINY_INPUT_SIZE]
         tiny += [] if any(argument.startswith("logger") for argument in argv) else ["logger=none"]
         names_data = any(argument.startswith(("data=", "data.root=", "experiment=")) for argument in argv)
-        tiny += [] if names_data else [f"data.root={dataset}"]
+        # the pose model's default data is the embedded pose dataset
+        default_data = workspace / "data" / "synthetic_pose" if "model=centernet_pose" in argv else dataset
+        tiny += [] if names_data else [f"data.root={default_data}"]
     elif entry == "eval.py":
         tiny += ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
         tiny += ["data.input_size=64", "data.num_workers=0"] if any(a.startswith("data=") for a in argv) else []

@@ -27,6 +27,11 @@ PAPER = {
     "cornernet_hourglass104_coco": {
         "batch": 49, "lr": 2.5e-4, "drops": [450000], "steps": 500000, "backbone": "hourglass104"
     },
+    # MODEL_ZOO.md multi_pose_dla_3x (COCO person keypoints)
+    "centernet_pose_dla34_coco": {
+        "batch": 128, "lr": 5e-4, "drops": [270, 300], "epochs": 320, "backbone": "dla34", "data": "coco_keypoints",
+        "detector": "CenterNetPose",
+    },
 }
 
 
@@ -53,8 +58,10 @@ def test_experiment_holds_the_paper_recipe(name: str, compose_as_user: Callable[
     header = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
     assert header.startswith("# @package _global_") and "NOT YET REPRODUCED HERE" in header
     choices = cfg.hydra.runtime.choices
-    assert choices["data"] == "coco" and choices["trainer"] == "ddp" and choices["backbone"] == paper["backbone"]
-    assert cfg.model._target_.endswith("CornerNet" if name.startswith("cornernet") else "CenterNet")
+    assert choices["data"] == paper.get("data", "coco") and choices["trainer"] == "ddp"
+    assert choices["backbone"] == paper["backbone"]
+    detector = paper.get("detector", "CornerNet" if name.startswith("cornernet") else "CenterNet")
+    assert cfg.model._target_.rsplit(".", 1)[1] == detector
     # equal per-device shares cannot always hit the paper's batch exactly; stay within 2 images of it
     assert abs(cfg.data.batch_size * cfg.trainer.devices - paper["batch"]) <= 2
     assert cfg.model.optimizer.lr == pytest.approx(paper["lr"])
@@ -101,6 +108,7 @@ def test_experiment_builds_datamodule_model_and_schedule(
     model = DetectionModule(
         detector, datamodule.ground_truth, datamodule.input_record(), optimizer=cfg.model.optimizer,
         scheduler=cfg.model.scheduler, scheduler_interval=cfg.model.scheduler_interval,
+        keypoint_sigmas=datamodule.keypoint_sigmas,
     )  # fmt: skip
     assert model.detector.num_classes == len(categories) == 6
     optimizer = instantiate(model.optimizer_config)(params=model.parameters())
@@ -109,6 +117,7 @@ def test_experiment_builds_datamodule_model_and_schedule(
     assert isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.model.optimizer.lr)
     assert model.detector.backbone.num_stacks == (1 if name.endswith(("resnet18_coco", "dla34_coco")) else 2)
+    assert model.detector.predicts_keypoints == (name == "centernet_pose_dla34_coco")
 
 
 def test_resnet18_experiment_trains_one_batch_on_cpu(

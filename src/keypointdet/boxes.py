@@ -61,6 +61,13 @@ class BoxMapping:
         upper = torch.stack([width, height, width, height], dim=-1)[:, None].to(original)
         return torch.minimum(original.clamp(min=0), upper)
 
+    def points_to_original(self, points: Tensor) -> Tensor:
+        """``points [B, ..., 2]`` (x, y) in input pixels -> original pixels, clipped to each image."""
+        shape = (points.shape[0], *(1,) * (points.dim() - 2), 2)
+        original = (points - self.shift.reshape(shape).to(points)) / self.scale.reshape(shape).to(points)
+        upper = self.original_size.flip(-1).reshape(shape).to(original)  # (width, height)
+        return torch.minimum(original.clamp(min=0), upper)
+
     def to_input(self, boxes: Tensor) -> Tensor:
         """xyxy ``boxes [B, K, 4]`` in original pixels -> input pixels."""
         scale, shift = self.scale.repeat(1, 2)[:, None], self.shift.repeat(1, 2)[:, None]

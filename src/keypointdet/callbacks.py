@@ -144,7 +144,8 @@ class WandbValidationImages(pl.Callback):
         was_training = detector.training
         detector.eval()
         outputs = detector(batch["image"].to(model.device))[-1]
-        boxes, scores, labels = (value.cpu() for value in detector.decode(outputs))
+        # (a pose detector's keypoints, after the labels, are not drawn)
+        boxes, scores, labels, *_ = (value.cpu() for value in detector.decode(outputs))
         detector.train(was_training)
 
         pictures = denormalise(batch["image"], dataset.transform.mean, dataset.transform.std)

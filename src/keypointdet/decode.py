@@ -129,6 +129,91 @@ def _centernet_boxes(peaks: Peaks, cx: Tensor, cy: Tensor, size: Tensor) -> tupl
     return boxes, peaks.scores, peaks.labels
 
 
+def centernet_pose_decode(  # centernet_decode's arguments, the joints' maps, then the snapping rule's
+    heatmap: Tensor, size: Tensor, offset: Tensor, joint_vector: Tensor, joint_heatmap: Tensor, joint_offset: Tensor,
+    k: int = 100, joint_threshold: float = 0.1, snap_distance: float = 0.3, nms_kernel: int = 3,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Poses from CenterNet's multi-person pose outputs (official ``multi_pose_decode``).
+
+    The boxes are :func:`centernet_decode`'s. Each detection's joints are regressed from its peak's cell
+    (``joint_vector [B, 2J, H, W]``, x, y per joint) and snapped by :func:`snap_joints` to the peaks of the
+    ``joint_heatmap [B, J, H, W]`` logits refined by ``joint_offset [B, 2, H, W]``.
+
+    Returns:
+        ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]`` as :func:`centernet_decode` and ``keypoints
+        [B, K, J, 3]``: x, y in output pixels and the joint's score (:func:`snap_joints`).
+    """
+    peaks, cx, cy = logit_peaks(heatmap, offset, k, nms_kernel)
+    joint_scores = torch.sigmoid(joint_heatmap.float())
+    snapping = (joint_threshold, snap_distance)
+    return _pose_detections(peaks, cx, cy, size, joint_vector, joint_scores, joint_offset, *snapping)
+
+
+def centernet_pose_decode_scores(  # the arguments of centernet_pose_decode, with heatmaps of probabilities
+    scores: Tensor, size: Tensor, offset: Tensor, joint_vector: Tensor, joint_scores: Tensor, joint_offset: Tensor,
+    k: int = 100, joint_threshold: float = 0.1, snap_distance: float = 0.3, nms_kernel: int = 3,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`centernet_pose_decode` of heatmaps already turned into probabilities (``scores [B, C, H, W]``,
+    ``joint_scores [B, J, H, W]``; e.g. an image's and its mirror's averaged, for flip test-time augmentation)."""
+    peaks, cx, cy = refined_peaks(scores, offset, k, nms_kernel)
+    peaks = peaks._replace(scores=peaks.scores.clamp(min=0))
+    snapping = (joint_threshold, snap_distance)
+    return _pose_detections(peaks, cx, cy, size, joint_vector, joint_scores, joint_offset, *snapping)
+
+
+def _pose_detections(  # the peaks of the centres, then the joints' maps and the snapping rule
+    peaks: Peaks, cx: Tensor, cy: Tensor, size: Tensor, joint_vector: Tensor, joint_scores: Tensor,
+    joint_offset: Tensor, joint_threshold: float, snap_distance: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    boxes, scores, labels = _centernet_boxes(peaks, cx, cy, size)
+    batch, num_detections = scores.shape
+    vectors = gather_at(joint_vector.float(), peaks.index).reshape(batch, num_detections, -1, 2)
+    regressed = vectors + torch.stack([peaks.xs, peaks.ys], dim=-1).unsqueeze(2).float()
+    snapping = (num_detections, joint_threshold, snap_distance)
+    keypoints = snap_joints(regressed, boxes, joint_scores, joint_offset, *snapping)
+    return boxes, scores, labels, keypoints
+
+
+def snap_joints(
+    regressed: Tensor, boxes: Tensor, joint_scores: Tensor, joint_offset: Tensor, k: int = 100,
+    threshold: float = 0.1, snap_distance: float = 0.3, nms_kernel: int = 3,
+) -> Tensor:
+    """Regressed joints moved to the nearest joint-heatmap peak, as the official ``multi_pose_decode``.
+
+    The candidates of joint ``j`` are the ``k`` best peaks of ``joint_scores[:, j]`` scoring above ``threshold``,
+    each at its cell plus ``joint_offset``. A regressed joint takes the position of its nearest candidate when
+    that one lies inside the detection's box (borders included) and within ``snap_distance`` times the box's
+    longer side; otherwise it keeps its regressed position.
+
+    Args:
+        regressed: ``[B, K, J, 2]`` joints (x, y) regressed from each detection's centre, output pixels.
+        boxes: ``[B, K, 4]`` xyxy of the detections.
+        joint_scores: ``[B, J, H, W]`` joint heatmap probabilities.
+        joint_offset: ``[B, 2, H, W]`` sub-cell offset (x, y) of the joints.
+
+    Returns:
+        ``[B, K, J, 3]``: x, y and the joint's score, ``joint_scores`` at the chosen position's cell.
+    """
+    batch, num_joints, height, width = joint_scores.shape
+    peaks = topk_peaks(peak_nms(joint_scores.float().reshape(batch * num_joints, 1, height, width), nms_kernel), k)
+    shift = gather_at(joint_offset.float(), peaks.index.reshape(batch, -1)).reshape(batch, num_joints, -1, 2)
+    candidates = torch.stack([peaks.xs, peaks.ys], dim=-1).reshape(batch, num_joints, -1, 2).float() + shift
+    good = (peaks.scores > threshold).reshape(batch, num_joints, 1, -1)
+    # [B, J, K, candidates]: every detection's joint against every candidate of that joint
+    distance = (regressed.transpose(1, 2).unsqueeze(3) - candidates.unsqueeze(2)).norm(dim=-1)
+    nearest_distance, nearest = torch.where(good, distance, float("inf")).min(dim=3)
+    nearest = nearest.unsqueeze(-1).expand(-1, -1, -1, 2)
+    snapped = candidates.gather(2, nearest).transpose(1, 2)  # [B, K, J, 2]
+    x1, y1, x2, y2 = (side.unsqueeze(-1) for side in boxes.float().unbind(-1))
+    inside = (snapped[..., 0] >= x1) & (snapped[..., 0] <= x2) & (snapped[..., 1] >= y1) & (snapped[..., 1] <= y2)
+    near = nearest_distance.transpose(1, 2) <= snap_distance * torch.maximum(x2 - x1, y2 - y1)
+    points = torch.where((inside & near).unsqueeze(-1), snapped, regressed)
+    cells = points.floor().long()
+    flat = cells[..., 1].clamp(0, height - 1) * width + cells[..., 0].clamp(0, width - 1)
+    score = joint_scores.float().reshape(batch, num_joints, -1).gather(2, flat.transpose(1, 2)).transpose(1, 2)
+    return torch.cat([points, score.unsqueeze(-1)], dim=-1)
+
+
 def cornernet_pairs(
     tl_heatmap: Tensor,
     br_heatmap: Tensor,

@@ -13,8 +13,10 @@ from PIL import Image, ImageDraw, ImageFont
 from keypointdet.data.annotations import read_image
 
 ImageInput = str | Path | np.ndarray | Image.Image
-Detection = dict[str, Any]  # bbox [x, y, w, h] in original pixels, score, category_id, class_name
+# bbox [x, y, w, h] in original pixels, score, category_id, class_name (pose: keypoints [x1, y1, s1, ...])
+Detection = dict[str, Any]
 BOX_WIDTH = 2
+JOINT_RADIUS = 2
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -29,9 +31,13 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     return array
 
 
-def draw_detections(image: ImageInput, detections: Sequence[Detection], score_threshold: float = 0.3) -> np.ndarray:
+def draw_detections(
+    image: ImageInput, detections: Sequence[Detection], score_threshold: float = 0.3,
+    skeleton: Sequence[Sequence[int]] = (),
+) -> np.ndarray:  # fmt: skip
     """``image`` with the boxes, class names and scores of the detections above ``score_threshold``
-    drawn on it; returns uint8 RGB ``[H, W, 3]``."""
+    drawn on it, and their keypoints when they have some: a dot per joint and a line per limb of ``skeleton``
+    (``[a, b]`` joint numbers, 1-based as COCO's); returns uint8 RGB ``[H, W, 3]``."""
     canvas = Image.fromarray(to_rgb_array(image).copy())
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for detection in detections:
@@ -45,7 +51,18 @@ def draw_detections(image: ImageInput, detections: Sequence[Detection], score_th
         draw.rectangle((x1, y1, x2, y2), outline=color, width=BOX_WIDTH)
         label = f"{detection['class_name']} {detection['score']:.2f}"
         draw.text((x1 + BOX_WIDTH + 1, y1 + BOX_WIDTH + 1), label, fill=color, font=font)
+        if "keypoints" in detection:
+            _draw_pose(draw, detection["keypoints"], skeleton, color)
     return np.asarray(canvas)
+
+
+def _draw_pose(draw: ImageDraw.ImageDraw, keypoints: Sequence[float], skeleton: Sequence[Sequence[int]], color) -> None:
+    """The joints ``[x1, y1, s1, ...]`` as dots and the ``skeleton``'s limbs between them as lines."""
+    points = list(zip(keypoints[0::3], keypoints[1::3]))
+    for first, second in skeleton:
+        draw.line([points[first - 1], points[second - 1]], fill=color, width=BOX_WIDTH)
+    for x, y in points:
+        draw.ellipse((x - JOINT_RADIUS, y - JOINT_RADIUS, x + JOINT_RADIUS, y + JOINT_RADIUS), fill=color)
 
 
 def _color(category_id: int) -> tuple[int, int, int]:

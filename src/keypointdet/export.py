@@ -5,7 +5,8 @@
 
 The exported graph takes ``image [B, 3, H, W]``, letterboxed and normalised as :mod:`keypointdet.inference`
 does it, and returns (``outputs=detections``, the default) ``boxes [B, K, 4]`` (xyxy in input pixels),
-``scores [B, K]`` (descending, 0 for padding) and ``labels [B, K]`` (0..C-1): the network and
+``scores [B, K]`` (descending, 0 for padding) and ``labels [B, K]`` (0..C-1), and for a pose detector
+``keypoints [B, K, J, 3]`` (x, y in input pixels, the joint's score): the network and
 :meth:`KeypointDetector.decode` in one graph, so the detections equal PyTorch's (CenterNet: peaks, top-K,
 boxes; CornerNet: corner top-K, pairing and soft-NMS, every one of its ``max_dets`` steps). ``outputs=raw``
 returns the last stack's raw maps instead, named as in the head (``heatmap``, ``size``, ``offset``;
@@ -59,16 +60,16 @@ class RawOutputs(nn.Module):
 
 
 class Detections(nn.Module):
-    """A detector as ``image -> (boxes, scores, labels)``: its last stack decoded, boxes in input pixels."""
-
-    output_names = DETECTION_NAMES
+    """A detector as ``image -> (boxes, scores, labels[, keypoints])``: its last stack decoded, in input pixels."""
 
     def __init__(self, detector: KeypointDetector) -> None:
         super().__init__()
         self.detector = detector
+        self.output_names = DETECTION_NAMES + (["keypoints"] if detector.predicts_keypoints else [])
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``image [B, 3, H, W]`` -> ``boxes [B, K, 4]`` xyxy input pixels, ``scores [B, K]``, ``labels [B, K]``."""
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        """``image [B, 3, H, W]`` -> ``boxes [B, K, 4]`` xyxy input pixels, ``scores [B, K]``, ``labels [B, K]``
+        (and ``keypoints [B, K, J, 3]``: x, y input pixels, score)."""
         detector = self.detector
         outputs = detector.heads[-1](detector.backbone(image)[-1])
         # Tell the exporter that every map holds at least the peaks kept (true for any real input), so that
@@ -76,8 +77,9 @@ class Detections(nn.Module):
         _, classes, height, width = next(iter(outputs.values())).shape  # the first output is a heatmap
         if torch.compiler.is_exporting():  # (torch.jit.trace records sizes as tensors and needs no hint)
             torch._check(classes * height * width >= max(getattr(detector, "k", 0), detector.max_detections))
-        boxes, scores, labels = detector.decode(outputs)
-        return boxes * detector.stride, scores, labels
+        boxes, scores, labels, *keypoints = detector.decode(outputs)
+        joints = tuple(torch.cat([points[..., :2] * detector.stride, points[..., 2:]], dim=-1) for points in keypoints)
+        return (boxes * detector.stride, scores, labels, *joints)
 
 
 def onnx_stable_sort(self: Any, stable: bool | None = None, dim: int = -1, descending: bool = False) -> tuple[Any, Any]:
@@ -89,7 +91,8 @@ def onnx_stable_sort(self: Any, stable: bool | None = None, dim: int = -1, desce
 
 def metadata(detector: KeypointDetector, outputs: str) -> dict[str, Any]:
     """What a runtime needs besides the graph (stored as JSON): the outputs, the classes (``class_names``,
-    ``category_ids``), the letterbox (``input_size``, ``mean``, ``std``, ``size_divisor``) and ``stride``."""
+    ``category_ids``), the letterbox (``input_size``, ``mean``, ``std``, ``size_divisor``), ``stride`` and a pose
+    detector's ``keypoints`` (names, flip pairs, sigmas, skeleton)."""
     letterbox = getattr(detector, "letterbox", None)
     values: dict[str, Any] = {
         "detector": detector.name,
@@ -101,6 +104,8 @@ def metadata(detector: KeypointDetector, outputs: str) -> dict[str, Any]:
     }
     if letterbox is not None:
         values |= {"input_size": letterbox.input_size, "mean": list(letterbox.mean), "std": list(letterbox.std)}
+    if detector.predicts_keypoints:
+        values["keypoints"] = detector.keypoints.config()
     return values
 
 

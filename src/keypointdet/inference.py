@@ -32,7 +32,7 @@ from keypointdet.drawing import Detection, ImageInput, draw_detections, to_rgb_a
 from keypointdet.metrics import coco_results
 from keypointdet.tta import TestTimeAugmentation, detect
 
-__all__ = ["Detection", "detect_batch", "draw_detections", "load_detector", "predict", "to_rgb_array"]
+__all__ = ["Detection", "detect_batch", "draw_detections", "load_detector", "predict", "skeleton", "to_rgb_array"]
 
 
 def apply_nms_overrides(detector: KeypointDetector, model: Mapping[str, Any] | None) -> KeypointDetector:
@@ -83,7 +83,8 @@ def predict(
         letterbox: the evaluation transform; by default ``model.letterbox`` (set by :func:`load_detector`).
 
     Each detection: ``bbox`` ``[x, y, w, h]`` in the image's pixels, ``score``, ``category_id`` and
-    ``class_name``, by descending score.
+    ``class_name``, by descending score; a pose detector's also ``keypoints`` ``[x1, y1, s1, ...]`` (image pixels,
+    each joint's score; :func:`skeleton` draws them).
     """
     single = isinstance(images, (str, Path, np.ndarray, Image.Image))
     arrays = [to_rgb_array(image) for image in ([images] if single else images)]
@@ -103,20 +104,32 @@ def detect_batch(
     """The detections of a collated evaluation batch (letterboxed images with their mapping), one list per image."""
     device = next(model.parameters()).device
     mapping = BoxMapping.from_batch({name: value.to(device) for name, value in batch.items()})
-    boxes, scores, labels = detect(model, batch["image"].to(device), mapping, tta)
+    detections = detect(model, batch["image"].to(device), mapping, tta)
+    boxes, scores, labels, *keypoints = (value.cpu() for value in detections)
+    joints = keypoints[0] if keypoints else [None] * len(boxes)
     names = dict(zip(model.category_ids, model.class_names))
-    per_image = zip(batch["image_id"].tolist(), boxes.cpu(), scores.cpu(), labels.cpu())
-    return [[_public(result, names) for result in coco_results(*image, model.category_ids)] for image in per_image]
+    return [
+        [_public(result, names) for result in coco_results(image_id, *image, model.category_ids, image_joints)]
+        for image_id, *image, image_joints in zip(batch["image_id"].tolist(), boxes, scores, labels, joints)
+    ]
+
+
+def skeleton(model: KeypointDetector) -> list[list[int]]:
+    """The limbs (1-based joint pairs) to draw a pose detector's keypoints with (none for a boxes-only detector)."""
+    return [list(limb) for limb in model.keypoints.skeleton] if model.predicts_keypoints else []
 
 
 def _public(result: Detection, names: dict[int, str]) -> Detection:
     """A COCO results entry as :func:`predict` returns it: without the image id, with the class name."""
-    return {
+    public = {
         "bbox": result["bbox"],
         "score": result["score"],
         "category_id": result["category_id"],
         "class_name": names[result["category_id"]],
     }
+    if "keypoints" in result:
+        public["keypoints"] = result["keypoints"]
+    return public
 
 
 def _sample(image: np.ndarray, index: int, letterbox: Letterbox) -> dict[str, torch.Tensor]:

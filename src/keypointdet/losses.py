@@ -89,10 +89,11 @@ def regression_loss(
     Args:
         prediction: ``[B, D, H, W]`` raw regression map.
         index: ``[B, M]`` int64 flat positions, padded.
-        mask: ``[B, M]`` bool, True for real objects.
+        mask: ``[B, M]`` bool, True for real objects; or ``[B, M, D]``, True for each value that has a target
+            (e.g. the labelled joints' coordinates).
         target: ``[B, M, D]`` regression targets.
-        num_objects: normaliser; by default ``mask.sum()``. The loss is summed over the ``D``
-            coordinates and divided by the number of objects (the papers' ``1/N sum |.|``).
+        num_objects: normaliser; by default ``mask.sum()`` (of a ``[B, M]`` mask). The loss is summed over the
+            ``D`` coordinates and divided by the number of objects (the papers' ``1/N sum |.|``).
 
     Returns:
         Scalar loss (float32); 0 (with a gradient path) when there are no objects.
@@ -105,7 +106,8 @@ def regression_loss(
     else:
         raise ValueError(f"unknown regression loss {kind!r}; use 'l1' or 'smooth_l1'")
     # Select rather than multiply by the mask: a non-finite value in a padded slot must not leak in.
-    loss = torch.where(mask.unsqueeze(-1), per_value, 0.0).sum()
+    value_mask = mask if mask.dim() == per_value.dim() else mask.unsqueeze(-1)
+    loss = torch.where(value_mask, per_value, 0.0).sum()
     if num_objects is None:
         num_objects = mask.sum()
     return _normalised(loss, num_objects)

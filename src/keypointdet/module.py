@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -44,6 +44,8 @@ class DetectionModule(pl.LightningModule):
         scheduler_interval: ``"step"`` or ``"epoch"``.
         tta: ``flip`` and ``scales`` of :class:`TestTimeAugmentation` for validation.
         voc07: also log ``val/mAP50_voc07`` (Pascal VOC2007's 11-point AP at IoU 0.5).
+        keypoint_sigmas: the dataset's OKS sigmas (``data.keypoints.sigmas``); a pose detector is also evaluated
+            by COCO keypoint AP (``val/kp_mAP``, ``val/kp_mAP50``, ``val/kp_mAP75``, ...) with them.
     """
 
     def __init__(
@@ -56,10 +58,16 @@ class DetectionModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         tta: Mapping[str, Any] | None = None,
         voc07: bool = False,
+        keypoint_sigmas: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.detector = detector
-        self.metric = CocoMeanAveragePrecision(ground_truth, detector.category_ids, detector.max_detections, voc07)
+        if detector.predicts_keypoints and keypoint_sigmas is None:
+            raise ValueError(f"{detector.name} is evaluated on keypoints: give a keypoint dataset (data.keypoints)")
+        sigmas = keypoint_sigmas if detector.predicts_keypoints else None
+        self.metric = CocoMeanAveragePrecision(
+            ground_truth, detector.category_ids, detector.max_detections, voc07, sigmas
+        )
         self._input_record = input_record
         self.optimizer_config = plain(optimizer) if optimizer else None
         self.scheduler_config = plain(scheduler) if scheduler else None
@@ -97,8 +105,8 @@ class DetectionModule(pl.LightningModule):
         )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        boxes, scores, labels = detect(self.detector, batch["image"], BoxMapping.from_batch(batch), self.tta)
-        self.metric.update(batch["image_id"], boxes, scores, labels)
+        detections = detect(self.detector, batch["image"], BoxMapping.from_batch(batch), self.tta)
+        self.metric.update(batch["image_id"], *detections)
         self._log_data_counts(batch, "val_data")
 
     def on_validation_epoch_end(self) -> None:

@@ -43,18 +43,25 @@ def letterbox(
 
 def to_detections(
     boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, scale: np.ndarray, original_size: tuple[int, int],
-    category_ids: Sequence[int], class_names: Sequence[str],
+    category_ids: Sequence[int], class_names: Sequence[str], keypoints: np.ndarray | None = None,
 ) -> list[Detection]:  # fmt: skip
-    """One image's exported outputs (xyxy ``boxes [K, 4]`` in input pixels, ``scores [K]``, ``labels [K]``) as
-    :func:`keypointdet.inference.predict` returns them: original pixels, clipped, padding left out, best first."""
+    """One image's exported outputs (xyxy ``boxes [K, 4]`` in input pixels, ``scores [K]``, ``labels [K]``, a pose
+    detector's ``keypoints [K, J, 3]``) as :func:`keypointdet.inference.predict` returns them: original pixels,
+    clipped, padding left out, best first."""
     height, width = original_size
     xyxy = np.minimum(np.maximum(boxes / np.tile(scale, 2), 0), np.array([width, height, width, height], np.float32))
     kept = scores > 0
     xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)[kept]
-    return [
+    detections = [
         {"bbox": box, "score": score, "category_id": category_ids[label], "class_name": class_names[label]}
         for box, score, label in zip(xywh.tolist(), scores[kept].tolist(), labels[kept].tolist(), strict=True)
     ]
+    if keypoints is not None:
+        points = np.minimum(np.maximum(keypoints[kept, :, :2] / scale, 0), np.array([width, height], np.float32))
+        joints = np.concatenate([points, keypoints[kept, :, 2:]], axis=-1).reshape(len(detections), -1)
+        for detection, flat in zip(detections, joints.tolist(), strict=True):
+            detection["keypoints"] = flat
+    return detections
 
 
 class OnnxDetector:
@@ -68,6 +75,8 @@ class OnnxDetector:
             raise ValueError(f"{path} is not an end-to-end export of keypointdet (outputs=detections, with its letterbox)")
         self.class_names: list[str] = self.metadata["class_names"]
         self.category_ids: list[int] = self.metadata["category_ids"]
+        # a pose detector's limbs (1-based joint pairs), for drawing its keypoints
+        self.skeleton: list[list[int]] = self.metadata.get("keypoints", {}).get("skeleton", [])
 
     def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 8) -> list[Detection] | list[list[Detection]]:
         """Detections of one image (a list of dicts) or of a sequence of images (a list of such lists), as
@@ -87,8 +96,11 @@ class OnnxDetector:
         batch = np.zeros((len(inputs), 3, height, width), np.float32)
         for index, (image, _) in enumerate(inputs):
             batch[index, :, : image.shape[1], : image.shape[2]] = image
-        boxes, scores, labels = self.session.run(None, {"image": batch})
+        boxes, scores, labels, *keypoints = self.session.run(None, {"image": batch})
         return [
-            to_detections(boxes[i], scores[i], labels[i], scale, array.shape[:2], self.category_ids, self.class_names)
+            to_detections(
+                boxes[i], scores[i], labels[i], scale, array.shape[:2], self.category_ids, self.class_names,
+                keypoints[0][i] if keypoints else None,
+            )  # fmt: skip
             for i, ((_, scale), array) in enumerate(zip(inputs, arrays, strict=True))
         ]

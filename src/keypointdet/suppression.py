@@ -33,6 +33,13 @@ def _iou_with(box: Tensor, boxes: Tensor) -> Tensor:
     return intersection / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
+def take(values: Tensor, order: Tensor) -> Tensor:
+    """The rows ``order [B, K]`` of each image's ``values [B, N, ...]`` -> ``[B, K, ...]`` (e.g. the keypoints of
+    the detections a suppression kept)."""
+    index = order.reshape(*order.shape, *(1,) * (values.dim() - 2)).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, index)
+
+
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -61,6 +68,21 @@ def soft_nms(
         ``boxes [B, max_dets, 4]``, ``scores [B, max_dets]`` (decayed, descending) and ``labels
         [B, max_dets]`` (None without labels); the entries after an image's last selection are zeros.
     """
+    selected, selected_scores, found = soft_nms_selection(
+        boxes, scores, labels, sigma, method, iou_threshold, score_threshold, max_dets
+    )
+    kept_boxes = torch.where(found.unsqueeze(-1), take(boxes, selected), 0.0)
+    kept_labels = None if labels is None else torch.where(found, take(labels, selected), 0)
+    return kept_boxes, selected_scores, kept_labels
+
+
+def soft_nms_selection(  # the arguments of soft_nms
+    boxes: Tensor, scores: Tensor, labels: Tensor | None = None, sigma: float = 0.5,
+    method: Literal["gaussian", "linear"] = "gaussian", iou_threshold: float = 0.3, score_threshold: float = 0.001,
+    max_dets: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`soft_nms` as the candidates it selects: ``selected [B, max_dets]`` (indices into ``D``), their
+    decayed ``scores [B, max_dets]`` and ``found [B, max_dets]`` (False after an image's last selection)."""
     if method not in ("gaussian", "linear"):
         raise ValueError(f"unknown soft-NMS method {method!r}; use 'gaussian' or 'linear'")
     batch, num_candidates = scores.shape
@@ -89,9 +111,7 @@ def soft_nms(
             decay = torch.where(labels == labels[rows, best].unsqueeze(1), decay, 1.0)
         current = current * decay
         alive &= current >= score_threshold
-    kept_boxes = torch.where(found.unsqueeze(-1), boxes[rows.unsqueeze(1), selected], 0.0)
-    kept_labels = None if labels is None else torch.where(found, labels[rows.unsqueeze(1), selected], 0)
-    return kept_boxes, selected_scores, kept_labels
+    return selected, selected_scores, found
 
 
 # model.nms: within each class, or across classes
@@ -112,6 +132,15 @@ def hard_nms(
     detectors keep the same boxes. Except under ``torch.export`` (the ONNX export): ONNX's ``NonMaxSuppression``
     takes float32 only, so an ONNX graph may decide differently for an IoU within float32 rounding of the threshold.
     """
+    scores, order = hard_nms_order(boxes, scores, labels, iou_threshold, class_wise)
+    return take(boxes, order), scores, take(labels, order)
+
+
+def hard_nms_order(
+    boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, class_wise: bool = True
+) -> tuple[Tensor, Tensor]:
+    """:func:`hard_nms` as ``(scores [B, K], order [B, K])``: the new scores and where each row's detections came
+    from (``take(values, order)`` reorders whatever else the detections carry)."""
     from torchvision.ops import batched_nms
 
     batch, k = scores.shape
@@ -123,5 +152,4 @@ def hard_nms(
     keep = batched_nms(flat_boxes, flat_scores, groups.reshape(-1), iou_threshold)
     kept = torch.zeros(batch * k, dtype=torch.bool, device=scores.device)
     kept = kept.scatter(0, keep, torch.ones_like(keep, dtype=torch.bool)).view(batch, k)
-    scores, order = top_k(torch.where(kept, scores, torch.zeros_like(scores)), k)
-    return boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)), scores, labels.gather(1, order)
+    return top_k(torch.where(kept, scores, torch.zeros_like(scores)), k)

@@ -58,7 +58,8 @@ def detect(
     detector: KeypointDetector, images: Tensor, mapping: BoxMapping, tta: TestTimeAugmentation | None = None
 ) -> Detections:
     """``boxes [B, K, 4]`` xyxy in original pixels (clipped), ``scores [B, K]`` (0 for padding), ``labels [B, K]``
-    of the network-input ``images [B, 3, H, W]`` whose relation to the originals is ``mapping``."""
+    (and a pose detector's ``keypoints [B, K, J, 3]``: x, y in original pixels, clipped, and score) of the
+    network-input ``images [B, 3, H, W]`` whose relation to the originals is ``mapping``."""
     tta = tta or TestTimeAugmentation()
     sets = [detections for scale in tta.scales for detections in _detect_at_scale(detector, images, mapping, scale, tta.flip)]
     return detector.merge(sets)
@@ -76,5 +77,15 @@ def _detect_at_scale(
         sets = detector.flip_candidates(*halves)
     else:
         sets = [detector.candidates(detector(resized)[-1])]
-    to_input = detector.stride / factors.repeat(2)
-    return [(mapping.to_original(boxes * to_input), scores, labels) for boxes, scores, labels in sets]
+    to_input = detector.stride / factors
+    return [_to_original(detections, mapping, to_input) for detections in sets]
+
+
+def _to_original(detections: Detections, mapping: BoxMapping, to_input: Tensor) -> Detections:
+    """Detections in output pixels of a view whose input pixels are ``to_input [2]`` (x, y) times them -> in
+    original pixels (keypoints, when there are, with their scores)."""
+    boxes, scores, labels, *keypoints = detections
+    mapped = (mapping.to_original(boxes * to_input.repeat(2)), scores, labels)
+    for points in keypoints:
+        mapped += (torch.cat([mapping.points_to_original(points[..., :2] * to_input), points[..., 2:]], dim=-1),)
+    return mapped

@@ -4,8 +4,10 @@ Bad input never passes silently. Annotations are checked once, when the file is 
 non-finite or non-positive size, a malformed entry, a box wholly outside its image or an unknown category
 id is removed (from training and from the ground truth used for evaluation alike), counted per image and
 reported in one :class:`DataWarning` per kind naming the file and the annotation ids; boxes partly outside
-their image are clipped to it. With ``strict=True`` the first problem raises an error naming the file and
-annotation instead.
+their image are clipped to it. In a keypoint dataset, an unusable ``keypoints`` list leaves its object with no
+labelled joint, and a labelled joint that is not a finite point inside its image is made unlabelled
+(:func:`keypointdet.data.keypoints.check_keypoints`), both counted and reported the same way. With
+``strict=True`` the first problem raises an error naming the file and annotation instead.
 """
 
 from __future__ import annotations
@@ -23,14 +25,20 @@ import cv2
 import numpy as np
 from pycocotools.coco import COCO
 
+from keypointdet.data.keypoints import check_keypoints
+
 # What each ``num_*`` count of a sample means (the detector logs their sums as ``data/num_*`` every epoch).
 SKIP_COUNTS = {
     "num_bad_boxes": "annotations skipped: malformed, or a box with a zero, negative or non-finite size",
     "num_outside_boxes": "annotations skipped: box wholly outside its image",
     "num_unknown_category": "annotations skipped: category id not in 'categories'",
     "num_bad_images": "images skipped (missing, unreadable, corrupt, or not the size the annotations give)",
+    "num_bad_keypoints": "keypoint lists skipped (missing, not numbers or of the wrong length): no labelled joint",
+    "num_bad_joints": "labelled joints made unlabelled: outside their image, not finite, or visibility not 0/1/2",
 }
 ANNOTATION_PROBLEMS = ("num_bad_boxes", "num_outside_boxes", "num_unknown_category")
+# the counts of keypoint datasets only
+KEYPOINT_PROBLEMS = ("num_bad_keypoints", "num_bad_joints")
 # ids listed in a warning; the count covers all of them
 MAX_IDS_REPORTED = 10
 
@@ -112,12 +120,14 @@ def index_quietly(data: dict[str, Any]) -> COCO:
 
 
 def clean_annotations(
-    data: dict[str, Any], source: Path | str, strict: bool = False
+    data: dict[str, Any], source: Path | str, strict: bool = False, num_joints: int | None = None
 ) -> tuple[dict[str, Any], dict[int, Counter]]:
     """Check every annotation of ``data``; return a copy without the bad ones and the counts per image.
 
-    Partly-outside boxes are clipped to their image. The counts map an image id to a ``Counter`` over
-    :data:`ANNOTATION_PROBLEMS`. One :class:`DataWarning` per kind of problem names ``source`` and the first
+    Partly-outside boxes are clipped to their image. With ``num_joints`` (a keypoint dataset) every kept
+    annotation's ``keypoints`` are checked too and its ``num_keypoints`` set to its labelled joints (what COCO's
+    keypoint evaluation reads). The counts map an image id to a ``Counter`` over :data:`ANNOTATION_PROBLEMS`
+    (and :data:`KEYPOINT_PROBLEMS`). One :class:`DataWarning` per kind of problem names ``source`` and the first
     annotation ids; ``strict=True`` raises ``ValueError`` at the first problem instead.
     """
     images = {image["id"]: image for image in data["images"]}
@@ -131,6 +141,9 @@ def clean_annotations(
             if clipped is not None:
                 problems["clipped"].append(ann["id"])
                 ann = {**ann, "bbox": clipped}
+            if num_joints is not None:
+                image = images[ann["image_id"]]
+                ann = _with_checked_keypoints(ann, image, num_joints, source, strict, problems, counts)
             # COCOeval needs both; exports often leave them out
             kept.append({"iscrowd": 0, "area": ann["bbox"][2] * ann["bbox"][3], **ann})
             continue
@@ -142,6 +155,23 @@ def clean_annotations(
             counts[ann["image_id"]][kind] += 1
     _warn_problems(problems, source)
     return {**data, "annotations": kept}, dict(counts)
+
+
+def _with_checked_keypoints(
+    ann: dict[str, Any], image: dict[str, Any], num_joints: int, source: Path | str, strict: bool,
+    problems: dict[str, list[Any]], counts: dict[int, Counter],
+) -> dict[str, Any]:  # fmt: skip
+    """``ann`` with its keypoints cleaned (:func:`check_keypoints`); what was wrong recorded in ``problems`` and
+    ``counts`` (or raised with ``strict``)."""
+    keypoints, problem, bad_joints, reason = check_keypoints(ann, image, num_joints)
+    where = f"{source}: annotation {ann['id']} (image {ann['image_id']}, {image['file_name']})"
+    for kind, count in ((problem, 1 if problem else 0), ("num_bad_joints", bad_joints)):
+        if count:
+            if strict:
+                raise ValueError(f"{where} {reason}")
+            problems[kind].append(ann["id"])
+            counts[ann["image_id"]][kind] += count
+    return {**ann, "keypoints": keypoints, "num_keypoints": sum(v > 0 for v in keypoints[2::3])}
 
 
 def _check_annotation(
@@ -183,9 +213,9 @@ def _warn_problems(problems: dict[str, list[Any]], source: Path | str) -> None:
         warnings.warn(f"{source}: {len(ann_ids)} {what} (annotation ids {shown}{more})", DataWarning, stacklevel=3)
 
 
-def load_coco(ann_file: str | Path, strict: bool = False) -> COCO:
-    """Parse and check a COCO instances file quietly (see :func:`clean_annotations`); a missing or
-    malformed file raises an error naming it."""
+def load_coco(ann_file: str | Path, strict: bool = False, num_joints: int | None = None) -> COCO:
+    """Parse and check a COCO instances (or keypoints, with ``num_joints``) file quietly (see
+    :func:`clean_annotations`); a missing or malformed file raises an error naming it."""
     path = Path(ann_file)
-    data, _ = clean_annotations(read_json(path), path, strict)
+    data, _ = clean_annotations(read_json(path), path, strict, num_joints)
     return index_quietly(data)

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from keypointdet.data.annotations import (
     ANNOTATION_PROBLEMS,
+    KEYPOINT_PROBLEMS,
     SKIP_COUNTS,
     BadImageError,
     DataWarning,
@@ -33,8 +34,8 @@ from keypointdet.data.annotations import (
 
 __all__ = ["SKIP_COUNTS", "BadImageError", "CocoDetection", "DataWarning", "load_coco", "read_image", "read_json"]
 
-Encoder = Callable[[np.ndarray, np.ndarray, tuple[int, int]], dict[str, Tensor]]
-Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]
+Encoder = Callable[..., dict[str, Tensor]]  # (boxes, labels, output_size[, keypoints]) -> targets
+Transform = Callable[..., dict[str, Any]]  # (image, boxes, labels[, keypoints]) -> sample
 
 class CocoDetection(Dataset):
     """Samples of a COCO-format dataset, transformed and (for training) encoded into targets.
@@ -48,6 +49,9 @@ class CocoDetection(Dataset):
     :data:`SKIP_COUNTS` of this sample (annotation problems of its image; images skipped to reach it),
     and the encoder's targets (with their ``num_dropped``) when an encoder is given.
 
+    A keypoint dataset (``num_joints``) reads every object's COCO ``keypoints`` too (checked at loading), carries
+    them through the transform and gives them to an encoder that takes them (``needs_keypoints``).
+
     An index may be an ``(index, seed)`` pair: the transform's random stream then restarts from ``seed``,
     which makes the augmentation of a sample independent of the worker that loads it.
 
@@ -56,6 +60,7 @@ class CocoDetection(Dataset):
         img_dir: folder the images' ``file_name`` are relative to.
         stride: output stride of the detector (targets are on the ``ceil(input / stride)`` map).
         strict: raise at the first bad annotation or image instead of skipping and counting it.
+        num_joints: joints per object of a keypoint dataset (``None``: boxes only).
     """
 
     def __init__(
@@ -66,9 +71,10 @@ class CocoDetection(Dataset):
         encoder: Encoder | None = None,
         stride: int = 4,
         strict: bool = False,
+        num_joints: int | None = None,
     ) -> None:
         self.source: Path | str = Path(ann_file)
-        self._build(read_json(ann_file), img_dir, transform, encoder, stride, strict)
+        self._build(read_json(ann_file), img_dir, transform, encoder, stride, strict, num_joints)
 
     def _build(
         self,
@@ -78,9 +84,13 @@ class CocoDetection(Dataset):
         encoder: Encoder | None,
         stride: int,
         strict: bool,
+        num_joints: int | None = None,
     ) -> None:
         """Check and index ``data`` (a COCO instances dict, from :attr:`source`)."""
-        cleaned, self.problem_counts = clean_annotations(data, self.source, strict)
+        if num_joints is not None:
+            _check_joint_count(data, self.source, num_joints)
+        self.num_joints = num_joints
+        cleaned, self.problem_counts = clean_annotations(data, self.source, strict, num_joints)
         self.coco = index_quietly(cleaned)
         self.img_dir = Path(img_dir)
         self.transform = transform
@@ -103,6 +113,11 @@ class CocoDetection(Dataset):
         boxes[:, 2:] += boxes[:, :2]
         labels = np.array([self.label_of[ann["category_id"]] for ann in anns], dtype=np.int64)
         return boxes, labels, sum(self.problem_counts.get(image_id, Counter()).values())
+
+    def keypoints(self, image_id: int) -> np.ndarray:
+        """``[N, J, 3]`` (x, y, visibility) of the objects of :meth:`annotations`, in original pixels."""
+        anns = [ann for ann in self.coco.imgToAnns.get(image_id, []) if not ann.get("iscrowd", 0)]
+        return np.array([ann["keypoints"] for ann in anns], dtype=np.float64).reshape(len(anns), self.num_joints, 3)
 
     def image_path(self, image_id: int) -> Path:
         return self.img_dir / self.coco.imgs[image_id]["file_name"]
@@ -140,25 +155,30 @@ class CocoDetection(Dataset):
             self.transform.set_random_seed(seed)
         image_id, image, images_skipped = self._first_usable(index)
         boxes, labels, _ = self.annotations(image_id)
-        out = self.transform(image, boxes, labels)
+        joints = (self.keypoints(image_id),) if self.num_joints else ()
+        out = self.transform(image, boxes, labels, *joints)
         problems = self.problem_counts.get(image_id, Counter())
+        kinds = ANNOTATION_PROBLEMS + (KEYPOINT_PROBLEMS if self.num_joints else ())
         sample = {
             "image": out["image"],
             "image_id": torch.tensor(image_id),
             "original_size": torch.tensor(image.shape[:2]),
             "num_bad_images": torch.tensor(images_skipped),
-            **{kind: torch.tensor(problems[kind]) for kind in ANNOTATION_PROBLEMS},
+            **{kind: torch.tensor(problems[kind]) for kind in kinds},
         }
         if "scale" in out:  # the evaluation letterbox's mapping (training crops vary and keep none)
             sample["scale"] = torch.as_tensor(out["scale"], dtype=torch.float32)
             sample["shift"] = torch.as_tensor(out["shift"], dtype=torch.float32)
         if self.encoder is not None:
-            sample.update(self._targets(out["image"], out["boxes"], out["labels"], image_id))
+            sample.update(self._targets(out["image"], out["boxes"], out["labels"], image_id, out.get("keypoints")))
         return sample
 
-    def _targets(self, image: Tensor, boxes: np.ndarray, labels: np.ndarray, image_id: int) -> dict[str, Tensor]:
+    def _targets(
+        self, image: Tensor, boxes: np.ndarray, labels: np.ndarray, image_id: int, keypoints: np.ndarray | None
+    ) -> dict[str, Tensor]:
         """Encoder targets on the ``ceil(input / stride)`` output map (output cell i covers input pixels
-        ``[stride * i, stride * (i + 1))``, whatever the rounding of odd sizes)."""
+        ``[stride * i, stride * (i + 1))``, whatever the rounding of odd sizes); keypoints ``[N, J, 3]`` in input
+        pixels for an encoder that takes them."""
         max_objects = getattr(self.encoder, "max_objects", None)
         if self.strict and max_objects is not None and len(boxes) > max_objects:
             raise ValueError(
@@ -167,4 +187,20 @@ class CocoDetection(Dataset):
             )
         input_height, input_width = image.shape[-2:]
         output_size = (-(-input_height // self.stride), -(-input_width // self.stride))
-        return self.encoder(boxes / self.stride, labels, output_size)
+        if not getattr(self.encoder, "needs_keypoints", False):
+            return self.encoder(boxes / self.stride, labels, output_size)
+        if keypoints is None:
+            raise ValueError(f"{self.source}: the detector trains on keypoints; give the data config data.keypoints")
+        points = np.concatenate([keypoints[..., :2] / self.stride, keypoints[..., 2:]], axis=-1)
+        return self.encoder(boxes / self.stride, labels, output_size, points)
+
+
+def _check_joint_count(data: dict[str, Any], source: Path | str, num_joints: int) -> None:
+    """Raise naming ``source`` when a category lists a number of ``keypoints`` other than ``num_joints``."""
+    for category in data.get("categories", []):
+        names = category.get("keypoints") if isinstance(category, dict) else None
+        if names is not None and len(names) != num_joints:
+            raise ValueError(
+                f"{source}: category {category.get('name')!r} has {len(names)} keypoints, but data.keypoints "
+                f"describes {num_joints} joints"
+            )

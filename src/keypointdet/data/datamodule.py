@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Sampler
 
 from keypointdet.data.coco import CocoDetection, Encoder, Transform
+from keypointdet.data.keypoints import KeypointSet
 from keypointdet.data.loading import (  # collate, EpochSampler and the auto rules: public here too (README)
     AUTO,
     EpochSampler,
@@ -33,6 +34,7 @@ from keypointdet.data.loading import (  # collate, EpochSampler and the auto rul
     loader_settings,
 )
 from keypointdet.data.synthetic import generate_dataset
+from keypointdet.data.synthetic_pose import generate_pose_dataset
 from keypointdet.data.transforms import (
     EVAL_RESIZES,
     IMAGENET_MEAN,
@@ -45,6 +47,9 @@ from keypointdet.data.voc import VOC_CLASSES, VOCDetection, parse_set
 from keypointdet.log import get_logger
 
 log = get_logger(__name__)
+
+# data.generator: the embedded datasets' generators, (root, **data.generate)
+GENERATORS = {"shapes": generate_dataset, "pose": generate_pose_dataset}
 
 class BaseDetectionDataModule(pl.LightningDataModule):
     """Train / val dataloaders over a detection dataset; subclasses say where the data is.
@@ -66,6 +71,9 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         mean, std: normalisation (0-1 scale, RGB).
         seed: base seed of the training order and augmentation (None: drawn from torch's generator).
         strict: raise at the first bad annotation or image instead of skipping and counting it.
+        keypoints: of a keypoint dataset, its :class:`~keypointdet.data.keypoints.KeypointSet` (``names``,
+            ``flip_pairs``, ``sigmas``, ``skeleton``): objects are read with their COCO ``keypoints``, which the
+            training augmentation carries (a flip swaps the pairs) and the keypoint evaluation scores.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         eval_resize: str = "letterbox",
         native_multiple: int = 32,
         native_minus_one: bool = False,
+        keypoints: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if eval_resize not in EVAL_RESIZES:
@@ -92,6 +101,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         self.seed = int(torch.randint(2**31, ())) if seed is None else int(seed)
         self.input_size: int | None = None if input_size == AUTO else int(input_size)
         self.num_workers, self.pin_memory = loader_settings(num_workers, pin_memory)
+        self.keypoint_set = KeypointSet.from_config(keypoints) if keypoints else None
         self.encoder: Encoder | None = None
         self.stride = 4
         self.size_divisor = 32
@@ -108,6 +118,16 @@ class BaseDetectionDataModule(pl.LightningDataModule):
     def make_dataset(self, split: str, transform: Transform | None, encoder: Encoder | None) -> CocoDetection:
         """The ``"train"`` or ``"val"`` dataset (``transform`` may be set later, before loading samples)."""
         raise NotImplementedError
+
+    @property
+    def num_joints(self) -> int | None:
+        """Joints per object of a keypoint dataset (``None``: boxes only)."""
+        return self.keypoint_set.num_joints if self.keypoint_set else None
+
+    @property
+    def keypoint_sigmas(self) -> list[float] | None:
+        """The OKS sigmas of a keypoint dataset (``None``: boxes only)."""
+        return list(self.keypoint_set.sigmas) if self.keypoint_set else None
 
     def configure_targets(self, encoder: Encoder | None, stride: int, size_divisor: int) -> None:
         """How training samples are encoded (``encoder(boxes_in_output_pixels, labels, output_size)``), at the
@@ -151,7 +171,10 @@ class BaseDetectionDataModule(pl.LightningDataModule):
             self.input_size = self.choose_input_size(self.val_dataset)
         if self.train_dataset is not None:
             augment = self.hparams.augment or {}
-            self.train_dataset.transform = TrainTransform(self.input_size, mean=mean, std=std, **augment)
+            flips = self.keypoint_set.flip_permutation() if self.keypoint_set else None
+            self.train_dataset.transform = TrainTransform(
+                self.input_size, mean=mean, std=std, flip_permutation=flips, **augment
+            )
         self.val_dataset.transform = self.eval_transform()
         if self.train_dataset is not None and self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(f"{self.train_dataset.source} and {self.val_dataset.source} list different category ids")
@@ -204,10 +227,13 @@ class DetectionDataModule(BaseDetectionDataModule):
     """COCO-format files (COCO 2017, the embedded dataset, any export).
 
     Args:
-        root: dataset folder. With the COCO 2017 layout (``annotations/instances_{split}2017.json``,
+        root: dataset folder. With the COCO 2017 layout (``annotations/{annotation_prefix}_{split}2017.json``,
             ``{split}2017/``) it is all that is needed; explicit ``*_ann`` / ``*_img_dir`` override it.
-        generate: keyword arguments of :func:`keypointdet.data.synthetic.generate_dataset`; when
-            given, the embedded dataset is generated into ``root`` on first use.
+        annotation_prefix: ``instances`` (boxes) or ``person_keypoints`` (COCO keypoints) in that layout.
+        generate: keyword arguments of the embedded dataset's generator; when given, the dataset is generated
+            into ``root`` on first use.
+        generator: which embedded dataset: ``shapes`` (:func:`keypointdet.data.synthetic.generate_dataset`) or
+            ``pose`` (:func:`keypointdet.data.synthetic_pose.generate_pose_dataset`).
         **kwargs: see :class:`BaseDetectionDataModule`.
     """
 
@@ -219,13 +245,17 @@ class DetectionDataModule(BaseDetectionDataModule):
         val_ann: str | None = None,
         val_img_dir: str | None = None,
         generate: dict[str, Any] | None = None,
+        annotation_prefix: str = "instances",
+        generator: str = "shapes",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if generator not in GENERATORS:
+            raise ValueError(f"data.generator must be one of {sorted(GENERATORS)}, got {generator!r}")
         layout = Path(root) if root is not None else None
-        self.train_ann = self._path(train_ann, layout, "annotations/instances_train2017.json", "train_ann")
+        self.train_ann = self._path(train_ann, layout, f"annotations/{annotation_prefix}_train2017.json", "train_ann")
         self.train_img_dir = self._path(train_img_dir, layout, "train2017", "train_img_dir")
-        self.val_ann = self._path(val_ann, layout, "annotations/instances_val2017.json", "val_ann")
+        self.val_ann = self._path(val_ann, layout, f"annotations/{annotation_prefix}_val2017.json", "val_ann")
         self.val_img_dir = self._path(val_img_dir, layout, "val2017", "val_img_dir")
 
     @staticmethod
@@ -239,7 +269,7 @@ class DetectionDataModule(BaseDetectionDataModule):
     def prepare_data(self) -> None:
         """Generate the embedded dataset when it is configured and not there yet."""
         if self.hparams.generate is not None and not (self.train_ann.is_file() and self.val_ann.is_file()):
-            generate_dataset(self.train_ann.parent, **self.hparams.generate)
+            GENERATORS[self.hparams.generator](self.train_ann.parent, **self.hparams.generate)
 
     def categories(self) -> list[dict[str, Any]]:
         """The categories of ``train_ann`` (call :meth:`prepare_data` first for the embedded dataset)."""
@@ -253,7 +283,7 @@ class DetectionDataModule(BaseDetectionDataModule):
         ann_file, img_dir = (
             (self.train_ann, self.train_img_dir) if split == "train" else (self.val_ann, self.val_img_dir)
         )
-        return CocoDetection(ann_file, img_dir, transform, encoder, self.stride, self.hparams.strict)
+        return CocoDetection(ann_file, img_dir, transform, encoder, self.stride, self.hparams.strict, self.num_joints)
 
 
 class VOCDataModule(BaseDetectionDataModule):

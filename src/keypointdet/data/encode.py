@@ -205,6 +205,51 @@ def encode_cornernet(  # the arguments of encode_centernet, with CornerNet's min
     return targets
 
 
+def encode_centernet_pose(  # the arguments of encode_centernet, with the keypoints after the labels
+    boxes: np.ndarray, labels: np.ndarray, keypoints: np.ndarray, num_classes: int, output_size: tuple[int, int],
+    max_objects: int = 32, min_overlap: float = 0.7, radius_variant: RadiusVariant = "corrected",
+) -> dict[str, Tensor]:
+    """CenterNet multi-person pose targets for one image: :func:`encode_centernet`'s, and the joints' (official
+    ``multi_pose``).
+
+    Args:
+        boxes, labels, output_size: as :func:`encode_centernet`.
+        keypoints: ``[N, J, 3]`` (x, y, visibility) in output-map pixels; a joint is a target when it is labelled
+            (visibility > 0) and inside the map.
+
+    Returns:
+        :func:`encode_centernet`'s targets and ``joint_heatmap [J, H, W]`` (a gaussian of the object's radius
+        at each joint's cell), ``joint_vector [M, 2J]`` (x, y of each joint minus its object's centre cell),
+        ``joint_index [M * J]`` (``y * W + x`` of joint ``j`` of object ``m`` at ``m * J + j``), ``joint_offset
+        [M * J, 2]`` (joint minus its cell) and ``joint_mask [M * J]`` bool, in output pixels.
+    """
+    keypoints, count = np.asarray(keypoints, dtype=np.float64), len(np.reshape(labels, -1))
+    if keypoints.ndim != 3 or keypoints.shape[0] != count or keypoints.shape[2] != 3:
+        raise ValueError(f"keypoints must be [N, J, 3] for the {count} objects, got {list(keypoints.shape)}")
+    targets = encode_centernet(boxes, labels, num_classes, output_size, max_objects, min_overlap, radius_variant)
+    boxes, _, _ = _keep_first(boxes, labels, max_objects)
+    keypoints, num_joints = keypoints[: len(boxes)], keypoints.shape[1]
+    height, width = output_size
+    centres = _cell((boxes[:, :2] + boxes[:, 2:]) / 2, output_size)
+    points = keypoints[..., :2].reshape(-1, 2)
+    valid = (keypoints[..., 2].reshape(-1) > 0) & (points >= 0).all(axis=1)
+    valid &= (points[:, 0] < width) & (points[:, 1] < height)
+    cells = np.floor(np.where(valid[:, None], points, 0)).astype(np.int64)
+    joint_heatmap = np.zeros((num_joints, height, width), dtype=np.float32)
+    radii = np.repeat(_radii(boxes, min_overlap, radius_variant), num_joints)
+    for slot in np.flatnonzero(valid):
+        draw_gaussian(joint_heatmap[slot % num_joints], (cells[slot, 0], cells[slot, 1]), radii[slot])
+    vectors = np.where(valid[:, None], points - np.repeat(centres, num_joints, axis=0), 0)
+    return {
+        **targets,
+        "joint_heatmap": torch.from_numpy(joint_heatmap),
+        "joint_vector": _padded(vectors.reshape(len(boxes), 2 * num_joints), max_objects, torch.float32),
+        "joint_index": _padded(cells[:, 1] * width + cells[:, 0], max_objects * num_joints, torch.int64),
+        "joint_offset": _padded(np.where(valid[:, None], points - cells, 0), max_objects * num_joints, torch.float32),
+        "joint_mask": _padded(valid, max_objects * num_joints, torch.bool),
+    }
+
+
 @dataclass(frozen=True)
 class TargetEncoder:
     """Picklable per-sample encoder handed to the datasets (one copy per data-loading worker):
@@ -215,6 +260,8 @@ class TargetEncoder:
     min_overlap: float = 0.7
     radius_variant: RadiusVariant = "corrected"
     encode: ClassVar[Callable[..., dict[str, Tensor]]]
+    # whether the dataset gives it keypoints [N, J, 3] (in output pixels) after the output size
+    needs_keypoints: ClassVar[bool] = False
 
     def __call__(self, boxes: np.ndarray, labels: np.ndarray, output_size: tuple[int, int]) -> dict[str, Tensor]:
         return self.encode(
@@ -239,3 +286,20 @@ class CornerNetEncoder(TargetEncoder):
 
     min_overlap: float = 0.3
     encode = staticmethod(encode_cornernet)
+
+
+@dataclass(frozen=True)
+class CenterNetPoseEncoder(TargetEncoder):
+    """:func:`encode_centernet_pose` with bound settings (``max_objects`` 32, as the official ``multi_pose``):
+    ``encoder(boxes, labels, output_size, keypoints)``."""
+
+    max_objects: int = 32
+    needs_keypoints: ClassVar[bool] = True
+
+    def __call__(  # type: ignore[override]
+        self, boxes: np.ndarray, labels: np.ndarray, output_size: tuple[int, int], keypoints: np.ndarray
+    ) -> dict[str, Tensor]:
+        return encode_centernet_pose(
+            boxes, labels, keypoints, self.num_classes, output_size, self.max_objects, self.min_overlap,
+            self.radius_variant,
+        )  # fmt: skip

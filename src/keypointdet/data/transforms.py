@@ -2,8 +2,9 @@
 (:class:`Letterbox` to the input size, or :class:`NativeResolution` as the official tests).
 
 Every transform returns the image as a normalised ``[3, H, W]`` float tensor, boxes ``[N, 4]``
-xyxy in input pixels, and how input pixels relate to original ones: ``input = original * scale + shift``
-(per axis, ``scale`` and ``shift`` as ``(x, y)``), which evaluation inverts.
+xyxy in input pixels (and, given keypoints ``[N, J, 3]``, them in input pixels with their visibility), and
+how input pixels relate to original ones: ``input = original * scale + shift`` (per axis, ``scale`` and
+``shift`` as ``(x, y)``), which evaluation inverts.
 
 Coordinates are continuous: pixel ``i`` covers ``[i, i + 1)``, so a box edge and the image border agree.
 """
@@ -21,6 +22,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from keypointdet.boxes import letterbox_size, round_up
+from keypointdet.data.keypoints import MirrorJoints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,6 +118,14 @@ class RandomScaleCrop(A.DualTransform):
         out[:, [1, 3]] = (bboxes[:, [1, 3]] * height * zoom + crop_shift[1]) / self.size
         return out
 
+    def apply_to_keypoints(
+        self, keypoints: np.ndarray, zoom: float, crop_shift: tuple[float, float], **params: Any
+    ) -> np.ndarray:
+        """``keypoints [N, 2 + extra]`` (x, y first) in input pixels -> output pixels."""
+        out = keypoints.copy()
+        out[:, :2] = keypoints[:, :2] * zoom + np.asarray(crop_shift)
+        return out
+
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("size", "scales", "border", "fill", "crop_side")
 
@@ -161,7 +171,8 @@ class TrainTransform:
     away from the border), horizontal flip, brightness / contrast / saturation jitter in random order,
     :class:`FixedPCALighting`, normalisation. Padding is the mean colour (0 after normalisation, like
     the evaluation letterbox). Boxes are clipped to the image; those left under 1 pixel^2 are dropped
-    with their labels.
+    with their labels (and keypoints). Keypoints follow the geometry (those leaving the image are kept, the
+    encoder ignores them); the flip swaps each object's left and right joints (:class:`MirrorJoints`).
 
     Args:
         scales: crop side as a fraction of ``crop_side``, drawn uniformly from these.
@@ -170,6 +181,8 @@ class TrainTransform:
         flip: probability of a horizontal flip.
         color_jitter: brightness, contrast and saturation factors drawn from ``[1 - j, 1 + j]``.
         lighting: standard deviation of the PCA lighting coefficients (0 disables it).
+        flip_permutation: of a keypoint dataset, the joint each joint becomes when flipped
+            (:meth:`~keypointdet.data.keypoints.KeypointSet.flip_permutation`); ``None``: boxes only.
     """
 
     def __init__(
@@ -183,11 +196,14 @@ class TrainTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         crop_side: str = "long_side",
+        flip_permutation: Sequence[int] | None = None,
     ) -> None:
         mean_colour = tuple(255 * m for m in mean)
+        self.num_joints = len(flip_permutation) if flip_permutation is not None else 0
+        mirror = A.HorizontalFlip(p=flip) if flip_permutation is None else MirrorJoints(flip_permutation, p=flip)
         steps: list[A.BasicTransform] = [
             RandomScaleCrop(input_size, scales, border, fill=mean_colour, crop_side=crop_side),
-            A.HorizontalFlip(p=flip),
+            mirror,
             A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0, p=1.0),
         ]
         if lighting > 0:
@@ -196,8 +212,10 @@ class TrainTransform:
         self.pipeline = A.Compose(
             steps,
             bbox_params=A.BboxParams(
-                format="pascal_voc", label_fields=["labels"], clip=True, filter_invalid_bboxes=True, min_area=1.0
+                format="pascal_voc", label_fields=["labels", "objects"], clip=True, filter_invalid_bboxes=True,
+                min_area=1.0,
             ),
+            keypoint_params=A.KeypointParams(format="xy", label_fields=["visibility"], remove_invisible=False),
         )
 
     def set_random_seed(self, seed: int) -> None:
@@ -208,14 +226,28 @@ class TrainTransform:
         for transform, stream in zip(self.pipeline.transforms, streams):
             transform.set_random_seed(int(stream))
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """``image [H, W, 3]`` uint8 RGB, ``boxes [N, 4]`` xyxy, ``labels [N]`` -> augmented sample."""
-        out = self.pipeline(image=image, bboxes=boxes.reshape(-1, 4), labels=labels)
-        return {
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, keypoints: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """``image [H, W, 3]`` uint8 RGB, ``boxes [N, 4]`` xyxy, ``labels [N]`` (``keypoints [N, J, 3]`` x, y,
+        visibility of a keypoint dataset) -> augmented sample."""
+        boxes = boxes.reshape(-1, 4)
+        joints = np.zeros((len(boxes), self.num_joints, 3)) if keypoints is None else keypoints
+        out = self.pipeline(
+            image=image, bboxes=boxes, labels=labels, objects=np.arange(len(boxes)),
+            keypoints=joints[..., :2].reshape(-1, 2), visibility=joints[..., 2].reshape(-1),
+        )  # fmt: skip
+        sample = {
             "image": out["image"],
             "boxes": np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4),
             "labels": np.asarray(out["labels"], dtype=np.int64).reshape(-1),
         }
+        if keypoints is not None:
+            points = np.asarray(out["keypoints"], dtype=np.float64)[:, :2]
+            moved = np.concatenate([points, np.asarray(out["visibility"], dtype=np.float64)[:, None]], axis=1)
+            kept = np.asarray(out["objects"], dtype=np.int64)
+            sample["keypoints"] = moved.reshape(len(boxes), self.num_joints, 3)[kept]
+        return sample
 
 
 class EvaluationTransform:
@@ -228,10 +260,18 @@ class EvaluationTransform:
         """Deterministic: nothing to seed."""
 
     @staticmethod
-    def sample(canvas: Tensor, boxes: np.ndarray, labels: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> dict:
-        """The network input ``canvas``, boxes mapped to it by ``input = original * scale + shift``, the mapping."""
+    def sample(
+        canvas: Tensor, boxes: np.ndarray, labels: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+        keypoints: np.ndarray | None = None,
+    ) -> dict:  # fmt: skip
+        """The network input ``canvas``, boxes (and keypoints ``[N, J, 3]``) mapped to it by
+        ``input = original * scale + shift``, the mapping."""
         boxes = boxes.reshape(-1, 4) * np.tile(scale, 2) + np.tile(shift, 2)
-        return {"image": canvas, "boxes": boxes, "labels": labels, "scale": scale, "shift": shift}
+        sample = {"image": canvas, "boxes": boxes, "labels": labels, "scale": scale, "shift": shift}
+        if keypoints is not None:
+            points = keypoints[..., :2] * scale + shift
+            sample["keypoints"] = np.concatenate([points, keypoints[..., 2:]], axis=-1)
+        return sample
 
 
 class Letterbox(EvaluationTransform):
@@ -245,8 +285,10 @@ class Letterbox(EvaluationTransform):
         super().__init__(mean, std)
         self.input_size, self.size_divisor = input_size, size_divisor
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """``image [H, W, 3]`` uint8 RGB -> padded image, boxes in input pixels, ``scale``, ``shift``."""
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, keypoints: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """``image [H, W, 3]`` uint8 RGB -> padded image, boxes (keypoints) in input pixels, ``scale``, ``shift``."""
         height, width = image.shape[:2]
         new_height, new_width = letterbox_size(height, width, self.input_size)
         resized = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
@@ -254,7 +296,8 @@ class Letterbox(EvaluationTransform):
         # Zero after normalisation is the mean colour, the same as the training padding.
         canvas = torch.zeros((3, padded_height, padded_width))
         canvas[:, :new_height, :new_width] = _normalise(resized, self.mean, self.std)
-        return self.sample(canvas, boxes, labels, np.array([new_width / width, new_height / height]), np.zeros(2))
+        scale = np.array([new_width / width, new_height / height])
+        return self.sample(canvas, boxes, labels, scale, np.zeros(2), keypoints)
 
 
 # How the evaluation transform resizes (``data.eval_resize``): the long side to ``input_size``, or not at all.
@@ -278,12 +321,15 @@ class NativeResolution(EvaluationTransform):
         super().__init__(**normalisation)
         self.multiple, self.minus_one = multiple, minus_one
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """``image [H, W, 3]`` uint8 RGB -> centred in its canvas, boxes in input pixels, ``scale``, ``shift``."""
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, keypoints: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """``image [H, W, 3]`` uint8 RGB -> centred in its canvas, boxes (keypoints) in input pixels, ``scale``,
+        ``shift``."""
         height, width = image.shape[:2]
         canvas_height = native_canvas_side(height, self.multiple, self.minus_one)
         canvas_width = native_canvas_side(width, self.multiple, self.minus_one)
         top, left = canvas_height // 2 - height // 2, canvas_width // 2 - width // 2
         canvas = torch.zeros((3, canvas_height, canvas_width))
         canvas[:, top : top + height, left : left + width] = _normalise(image, self.mean, self.std)
-        return self.sample(canvas, boxes, labels, np.ones(2), np.array([left, top], dtype=np.float64))
+        return self.sample(canvas, boxes, labels, np.ones(2), np.array([left, top], dtype=np.float64), keypoints)

@@ -16,10 +16,11 @@ from typing import Any
 
 from keypointdet.detectors.base import Detections, KeypointDetector, Outputs, build_backbone
 from keypointdet.detectors.centernet import CenterNet, CenterNetLoss
+from keypointdet.detectors.centernet_pose import CenterNetPose, CenterNetPoseLoss
 from keypointdet.detectors.cornernet import CornerNet, CornerNetLoss
 
 # The only classes a checkpoint may name: nothing outside this package is ever imported from one.
-DETECTORS: dict[str, type[KeypointDetector]] = {cls.name: cls for cls in (CenterNet, CornerNet)}
+DETECTORS: dict[str, type[KeypointDetector]] = {cls.name: cls for cls in (CenterNet, CenterNetPose, CornerNet)}
 
 
 def build_detector(config: Mapping[str, Any]) -> KeypointDetector:
@@ -35,6 +36,8 @@ __all__ = [
     "DETECTORS",
     "CenterNet",
     "CenterNetLoss",
+    "CenterNetPose",
+    "CenterNetPoseLoss",
     "CornerNet",
     "CornerNetLoss",
     "Detections",

@@ -22,7 +22,8 @@ from keypointdet.data.encode import TargetEncoder
 from keypointdet.decode import soft_nms
 
 Outputs = dict[str, Tensor]
-Detections = tuple[Tensor, Tensor, Tensor]  # boxes [B, K, 4] xyxy, scores [B, K], labels [B, K]
+# boxes [B, K, 4] xyxy, scores [B, K], labels [B, K] (a pose detector's: then keypoints [B, K, J, 3] x, y, score)
+Detections = tuple[Tensor, ...]
 
 # Backbones are built from configs that checkpoints carry: only this package's classes may be named.
 BACKBONE_PACKAGE = "keypointdet.models."
@@ -73,6 +74,8 @@ class KeypointDetector(nn.Module):
     """
 
     name: str  # the key of this class in keypointdet.detectors.DETECTORS
+    # whether its detections end with keypoints [B, K, J, 3] (a pose detector)
+    predicts_keypoints = False
 
     def __init__(  # the first four arguments are every detector's; subclasses set the last four
         self, backbone: nn.Module | Mapping[str, Any], num_classes: int, category_ids: Sequence[int] | None = None,

@@ -42,6 +42,26 @@ class CenterHead(nn.Module):
         return {"heatmap": self.heatmap(features), "size": self.size(features), "offset": self.offset(features)}
 
 
+class CenterPoseHead(CenterHead):
+    """CenterNet multi-person pose head: :class:`CenterHead`'s maps and, for ``J`` joints, each joint's position
+    relative to the object's centre (2J), a heatmap per joint (J) and the joints' sub-cell offset (2)."""
+
+    def __init__(self, in_channels: int, num_classes: int, num_joints: int, hidden_channels: int = 64) -> None:
+        super().__init__(in_channels, num_classes, hidden_channels)
+        self.joint_vector = prediction_branch(in_channels, hidden_channels, 2 * num_joints)
+        self.joint_heatmap = prediction_branch(in_channels, hidden_channels, num_joints, heatmap_bias())
+        self.joint_offset = prediction_branch(in_channels, hidden_channels, 2)
+
+    def forward(self, features: Tensor) -> dict[str, Tensor]:
+        """``[B, in, H, W]`` -> :class:`CenterHead`'s maps, ``joint_vector [B, 2J, H, W]`` (x, y per joint),
+        ``joint_heatmap [B, J, H, W]`` logits, ``joint_offset [B, 2, H, W]``."""
+        return {
+            **super().forward(features),
+            "joint_vector": self.joint_vector(features),
+            "joint_heatmap": self.joint_heatmap(features),
+            "joint_offset": self.joint_offset(features),
+        }
+
 
 # Corner kind -> the two pooling directions that collect its object's evidence (right / below for tl).
 CORNER_POOLS: dict[str, tuple[str, str]] = {"tl": ("top", "left"), "br": ("bottom", "right")}

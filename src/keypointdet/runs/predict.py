@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,18 @@ def image_files(input_path: str | Path) -> list[Path]:
     return files
 
 
-def detector(cfg: DictConfig) -> Callable[[np.ndarray], list[Detection]]:
+@dataclass(frozen=True)
+class Predictor:
+    """``image -> detections``, and the skeleton (1-based limbs) that draws a pose detector's keypoints."""
+
+    detect: Callable[[np.ndarray], list[Detection]]
+    skeleton: list[list[int]] = field(default_factory=list)
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        return self.detect(image)
+
+
+def detector(cfg: DictConfig) -> Predictor:
     """``image -> detections`` of ``cfg.ckpt_path``: a checkpoint run by PyTorch (with ``cfg.model.tta``), or with
     ``runtime=onnxruntime`` an end-to-end ONNX export run by ONNX Runtime (torch is not imported)."""
     runtime = cfg.get("runtime", "pytorch")
@@ -41,12 +53,13 @@ def detector(cfg: DictConfig) -> Callable[[np.ndarray], list[Detection]]:
     if runtime == "onnxruntime":
         from keypointdet.runtime import OnnxDetector
 
-        return OnnxDetector(cfg.ckpt_path).predict
-    from keypointdet.inference import apply_nms_overrides, load_detector, predict
+        onnx_model = OnnxDetector(cfg.ckpt_path)
+        return Predictor(onnx_model.predict, onnx_model.skeleton)
+    from keypointdet.inference import apply_nms_overrides, load_detector, predict, skeleton
 
     model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
     apply_nms_overrides(model, cfg.get("model"))
-    return lambda image: predict(model, image)
+    return Predictor(lambda image: predict(model, image), skeleton(model))
 
 
 def run(cfg: DictConfig) -> dict[str, list[Detection]] | Path:
@@ -60,7 +73,9 @@ def run(cfg: DictConfig) -> dict[str, list[Detection]] | Path:
     if not is_stream(cfg.input):
         return predict_files(cfg)
     detect = detector(cfg)
-    return predict_stream(cfg.input, cfg.output, detect, cfg.score_threshold, cfg.get("max_frames"))[1]
+    return predict_stream(
+        cfg.input, cfg.output, detect, cfg.score_threshold, cfg.get("max_frames"), skeleton=detect.skeleton
+    )[1]
 
 
 def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
@@ -79,7 +94,8 @@ def predict_files(cfg: DictConfig) -> dict[str, list[Detection]]:
         image = read_image(file)
         detections = detect(image)
         all_detections[file.name] = detections
-        Image.fromarray(draw_detections(image, detections, cfg.score_threshold)).save(output / file.name)
+        drawn = draw_detections(image, detections, cfg.score_threshold, detect.skeleton)
+        Image.fromarray(drawn).save(output / file.name)
     (output / "detections.json").write_text(json.dumps(all_detections))
     print(f"{len(all_detections)} images with their detections (score >= {cfg.score_threshold}) drawn in {output}")
     return all_detections

@@ -163,6 +163,7 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         scheduler_interval=cfg.model.get("scheduler_interval", "epoch"),
         tta=cfg.model.get("tta"),
         voc07=datamodule.voc07_metric,
+        keypoint_sigmas=datamodule.keypoint_sigmas,
     )
     if cfg.get("logger") and "wandb" in cfg.logger:
         default_wandb_mode()
@@ -236,7 +237,11 @@ def report(metrics: dict[str, float], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     print(format_table({name.removeprefix("val/"): value for name, value in metrics.items()}))
-    print(f"val/mAP={metrics.get('val/mAP', float('nan')):.4f} val/mAP50={metrics.get('val/mAP50', float('nan')):.4f}")
+    nan = float("nan")
+    summary = f"val/mAP={metrics.get('val/mAP', nan):.4f} val/mAP50={metrics.get('val/mAP50', nan):.4f}"
+    if "val/kp_mAP" in metrics:
+        summary += f" val/kp_mAP={metrics['val/kp_mAP']:.4f} val/kp_mAP50={metrics['val/kp_mAP50']:.4f}"
+    print(summary)
 
 
 def resume_command(trainer: pl.Trainer) -> str:

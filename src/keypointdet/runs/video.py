@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -58,11 +58,12 @@ def progress_bar(total: int | None):
 
 def predict_stream(
     source: str | int, output: str | Path, detect: Callable[[np.ndarray], list[Detection]], score_threshold: float,
-    max_frames: int | None = None, show: bool | None = None,
+    max_frames: int | None = None, show: bool | None = None, skeleton: Sequence[Sequence[int]] = (),
 ) -> tuple[Path, Path, float]:  # fmt: skip
     """Detect on every frame of a video file or camera ``source``; write the drawn frames (mp4) and the JSON lines
     to ``output``. ``show``: a live window (default: for a camera, when ``DISPLAY`` is set). Returns the video,
-    the JSON lines file and the achieved frames per second (detection, drawing and writing included)."""
+    the JSON lines file and the achieved frames per second (detection, drawing and writing included). ``skeleton``:
+    the limbs drawn between a pose detector's keypoints."""
     index = camera_index(source)
     if index is None:
         path = Path(str(source))
@@ -87,7 +88,7 @@ def predict_stream(
         with open(lines_path, "w") as lines, progress_bar(total) as bar:
             for image in frames(capture, max_frames):
                 detections = detect(image)
-                drawn = cv2.cvtColor(draw_detections(image, detections, score_threshold), cv2.COLOR_RGB2BGR)
+                drawn = cv2.cvtColor(draw_detections(image, detections, score_threshold, skeleton), cv2.COLOR_RGB2BGR)
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                     writer = cv2.VideoWriter(str(video_path), fourcc, rate, (drawn.shape[1], drawn.shape[0]))

@@ -24,14 +24,14 @@ from os import PathLike
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from keypointdet import detectors
 from keypointdet.checkpoints import save_detector
 from keypointdet.detectors import KeypointDetector
 from keypointdet.log import get_logger
-from keypointdet.runs import hydra_main
+from keypointdet.runs import CONFIG_DIR, hydra_main
 from keypointdet.tools import official_keys as keys
 
 log = get_logger(__name__)
@@ -61,6 +61,14 @@ OFFICIAL_ARCHS: dict[str, dict[str, Any]] = {
         "detector_kwargs": {"num_classes": 80, "head_channels": 256},
         "first_conv": "base.base_layer.0.weight",
     },
+    # multi_pose_dla_3x.pth / multi_pose_dla_1x.pth: one class (person), COCO's 17 keypoints (data=coco_keypoints)
+    "centernet_pose_dla34": {
+        "detector": "centernet_pose",
+        "family": "dla",
+        "backbone": {"_target_": _DLA, "variant": "dla34", "pretrained": False, "deformable": True},
+        "detector_kwargs": {"num_classes": 1, "head_channels": 256, "category_ids": [1], "class_names": ["person"]},
+        "first_conv": "base.base_layer.0.weight",
+    },
     "centernet_hourglass104": {
         "detector": "centernet",
         "family": "hourglass",
@@ -79,7 +87,7 @@ OFFICIAL_ARCHS: dict[str, dict[str, Any]] = {
 
 # The official evaluation input: CenterNet letterboxes to 512 (--keep_res tests at the native size), CornerNet
 # trains on 511 x 511 crops.
-INPUT_SIZES = {"centernet": 512, "cornernet": 511}
+INPUT_SIZES = {"centernet": 512, "centernet_pose": 512, "cornernet": 511}
 
 # The official input normalisation (``coco.py`` of both repositories), here in RGB order.
 OFFICIAL_MEAN_RGB = [0.47026115, 0.44719302, 0.40789654]
@@ -127,6 +135,8 @@ def official_config(arch: str, backbone_overrides: Mapping[str, Any] | None = No
     spec["backbone"].update(copy.deepcopy(overrides))
     if spec["family"] == "hourglass":
         spec["detector_kwargs"]["head_channels"] = int(spec["backbone"]["dims"][0])
+    if spec["detector"] == "centernet_pose":
+        spec["detector_kwargs"]["keypoints"] = coco_keypoints()
     detector = {
         "name": spec["detector"],
         "backbone": spec["backbone"],
@@ -136,6 +146,11 @@ def official_config(arch: str, backbone_overrides: Mapping[str, Any] | None = No
     }
     record = {"input_size": INPUT_SIZES[spec["detector"]], "mean": list(OFFICIAL_MEAN_RGB), "std": list(OFFICIAL_STD_RGB)}
     return {"arch": arch, "detector": detector, "input": record}
+
+
+def coco_keypoints() -> dict[str, Any]:
+    """COCO's 17 person keypoints (names, flip pairs, OKS sigmas, skeleton), as ``data=coco_keypoints`` gives them."""
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "coco_keypoints.yaml").keypoints)
 
 
 def build_detector(config: Mapping[str, Any], device: torch.device | str | None = None) -> KeypointDetector:

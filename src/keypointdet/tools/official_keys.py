@@ -27,6 +27,8 @@ Table = dict[str, "str | Fold"]
 
 # CenterNet head names -> CenterHead branches; CornerNet head names -> CornerHead branch dicts
 CENTER_HEADS = {"hm": "heatmap", "wh": "size", "reg": "offset"}
+# multi_pose heads -> CenterPoseHead branches (hps: joints from the centre, hm_hp: joint heatmaps)
+POSE_HEADS = {**CENTER_HEADS, "hps": "joint_vector", "hm_hp": "joint_heatmap", "hp_offset": "joint_offset"}
 CORNER_HEADS = {"heats": "heatmaps", "tags": "embeddings", "regrs": "offsets"}
 
 
@@ -38,8 +40,8 @@ def _deform_conv_bn(table: Table, dcn: str, bn: str, ours: str) -> None:
     table[bn] = f"{ours}.1"
 
 
-def _single_stack_heads(table: Table) -> None:
-    for official, ours in CENTER_HEADS.items():
+def _single_stack_heads(table: Table, heads: Mapping[str, str] = CENTER_HEADS) -> None:
+    for official, ours in heads.items():
         table[f"{official}.0"] = f"heads.0.{ours}.0"
         table[f"{official}.2"] = f"heads.0.{ours}.2"
 
@@ -67,8 +69,9 @@ def _ida_up(table: Table, official: str, ours: str, num_inputs: int) -> None:
         table[f"{official}.up_{j}"] = f"{ours}.upsamplings.{j - 1}"
 
 
-def dla_table(backbone: Mapping[str, Any], levels: int = 4) -> Table:
-    """``DLASeg('dla34', last_level=5)`` -> ``DLA`` (timm trunk) + :class:`CenterHead`.
+def dla_table(backbone: Mapping[str, Any], levels: int = 4, heads: Mapping[str, str] = CENTER_HEADS) -> Table:
+    """``DLASeg('dla34', last_level=5)`` -> ``DLA`` (timm trunk) + :class:`CenterHead` (``heads``: official head
+    name -> branch; :data:`POSE_HEADS` for ``multi_pose``'s :class:`CenterPoseHead`).
 
     ``levels``: trunk maps the aggregation reads (strides 4..32). Dropped: the ImageNet classifier
     ``base.fc`` and the projections of the two-level trees (computed, then ignored by the official sub-tree).
@@ -77,7 +80,7 @@ def dla_table(backbone: Mapping[str, Any], levels: int = 4) -> Table:
     for step in range(levels - 1):  # dla_up.ida_i aggregates the i + 2 deepest maps
         _ida_up(table, f"dla_up.ida_{step}", f"backbone.up.steps.{step}", step + 2)
     _ida_up(table, "ida_up", "backbone.merge", levels - 1)
-    _single_stack_heads(table)
+    _single_stack_heads(table, heads)
     return table
 
 
@@ -162,7 +165,7 @@ def table_for(family: str, detector: str, backbone: Mapping[str, Any]) -> Table:
     if family == "resdcn":
         return resnet_dcn_table(backbone)
     if family == "dla":
-        return dla_table(backbone)
+        return dla_table(backbone, heads=POSE_HEADS if detector == "centernet_pose" else CENTER_HEADS)
     if family == "hourglass":
         return hourglass_table(backbone, detector)
     raise ValueError(f"unknown network family {family!r}")
