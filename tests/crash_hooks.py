@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 from pathlib import Path
@@ -59,11 +60,14 @@ class KillAt(pl.Callback):
 
 
 class PoisonTargets(pl.Callback):
-    """An infinite CenterNet size target in the batch of global step ``step``."""
+    """An infinite CenterNet size target in the batch of global step ``step`` (of rank ``rank`` only, when given;
+    never when ``step`` is None). ``record``: a JSON file that receives the poisoned batch's image ids."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int | None, rank: int | None = None, record: str | None = None) -> None:
+        self.step, self.rank, self.record = step, rank, record
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             batch["size"][:] = float("inf")
+            if self.record:
+                Path(self.record).write_text(json.dumps(batch["image_id"].tolist()))
