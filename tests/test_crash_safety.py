@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -130,18 +129,20 @@ def test_a_loss_made_infinite_stops_naming_step_term_and_images_and_keeps_the_la
 def test_a_loss_made_infinite_on_one_ddp_rank_stops_every_rank_naming_it_and_keeps_the_last_good_checkpoint(
     tiny_dataset, tmp_path
 ):
-    poisoned = tmp_path / "poisoned_image_ids.json"
+    record = tmp_path / "record"
+    record.mkdir()
     result = train_subprocess(
         tiny_dataset, tmp_path / "run", "+callbacks.poison._target_=crash_hooks.PoisonTargets",
-        "+callbacks.poison.step=3", "+callbacks.poison.rank=1", f"+callbacks.poison.record={poisoned}",
+        "+callbacks.poison.step=3", "+callbacks.poison.rank=1", f"+callbacks.poison.record={record}",
         base=("trainer=ddp_cpu", *TINY_RUN[1:]),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]  # the error, not a kill or the timeout
-    image_ids = json.loads(poisoned.read_text())
-    message = re.search(r"NonFiniteLossError: (.*)", result.stderr).group(1)
+    image_ids = json.loads((record / "image_ids.json").read_text())
     expected = f"non-finite loss at step 3 (epoch 1): rank 1: loss term loss=inf, size=inf for the images {image_ids};"
-    assert message.startswith(expected)
-    assert "rank 0" not in message  # its batch was finite
+    # both ranks raised it themselves (rank 0 from the summed flag, its own batch finite), with the same message
+    messages = [(record / f"error_rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert messages[0] == messages[1] and messages[0].startswith(expected) and "rank 0" not in messages[0]
+    assert f"NonFiniteLossError: {messages[0]}" in result.stderr
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(path.name for path in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     for path in checkpoints.iterdir():
