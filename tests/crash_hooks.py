@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import IO, Callable
 import pytorch_lightning as pl
 
 import keypointdet.checkpoints
+from keypointdet.module import NonFiniteLossError
 
 
 class KillDuringCheckpointWrite(pl.Callback):
@@ -59,11 +61,30 @@ class KillAt(pl.Callback):
 
 
 class PoisonTargets(pl.Callback):
-    """An infinite CenterNet size target in the batch of global step ``step``."""
+    """An infinite CenterNet size target in the batch of global step ``step`` (of rank ``rank`` only, when given;
+    never when ``step`` is None). ``record``: a directory that receives the poisoned batch's image ids
+    (``image_ids.json``) and the :class:`NonFiniteLossError` message of every rank that raised it
+    (``error_rank<r>.txt``)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int | None, rank: int | None = None, record: str | None = None) -> None:
+        self.step, self.rank, self.record = step, rank, Path(record) if record else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.record is None:
+            return
+        stop_on_non_finite = pl_module._stop_on_non_finite
+
+        def recording_stop(*args, **kwargs) -> None:
+            try:
+                stop_on_non_finite(*args, **kwargs)
+            except NonFiniteLossError as error:
+                (self.record / f"error_rank{trainer.global_rank}.txt").write_text(str(error))
+                raise
+
+        pl_module._stop_on_non_finite = recording_stop
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             batch["size"][:] = float("inf")
+            if self.record:
+                (self.record / "image_ids.json").write_text(json.dumps(batch["image_id"].tolist()))

@@ -3,6 +3,7 @@ save a resumable checkpoint; corrupt checkpoints and non-finite losses stop with
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 from detector_checkpoint import compose_tiny
 
-from keypointdet.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from keypointdet.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint, non_finite_tensors
 from keypointdet.module import NonFiniteLossError
 from keypointdet.runs.train import train
 
@@ -29,12 +30,25 @@ TINY_RUN = (
 )  # fmt: skip
 
 
-def train_subprocess(dataset: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def train_subprocess(
+    dataset: Path, run_dir: Path, *overrides: str, base: tuple[str, ...] = TINY_RUN, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``train.py`` with ``base`` and ``overrides``; fails the test when it is still running after ``timeout``
+    seconds (a hang), killing it with every process it started."""
     command = [
-        sys.executable, str(ROOT / "train.py"), *TINY_RUN, f"data.root={dataset}", f"hydra.run.dir={run_dir}", *overrides
+        sys.executable, str(ROOT / "train.py"), *base, f"data.root={dataset}", f"hydra.run.dir={run_dir}", *overrides
     ]  # fmt: skip
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            pytest.fail(f"train.py {' '.join(overrides)} still running after {timeout} s")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -110,6 +124,31 @@ def test_a_loss_made_infinite_stops_naming_step_term_and_images_and_keeps_the_la
         train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert load_checkpoint(last)["global_step"] == STEPS_PER_EPOCH
+
+
+def test_a_loss_made_infinite_on_one_ddp_rank_stops_every_rank_naming_it_and_keeps_the_last_good_checkpoint(
+    tiny_dataset, tmp_path
+):
+    record = tmp_path / "record"
+    record.mkdir()
+    result = train_subprocess(
+        tiny_dataset, tmp_path / "run", "+callbacks.poison._target_=crash_hooks.PoisonTargets",
+        "+callbacks.poison.step=3", "+callbacks.poison.rank=1", f"+callbacks.poison.record={record}",
+        base=("trainer=ddp_cpu", *TINY_RUN[1:]),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]  # the error, not a kill or the timeout
+    image_ids = json.loads((record / "image_ids.json").read_text())
+    expected = f"non-finite loss at step 3 (epoch 1): rank 1: loss term loss=inf, size=inf for the images {image_ids};"
+    # both ranks raised it themselves (rank 0 from the summed flag, its own batch finite), with the same message
+    messages = [(record / f"error_rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert messages[0] == messages[1] and messages[0].startswith(expected) and "rank 0" not in messages[0]
+    assert f"NonFiniteLossError: {messages[0]}" in result.stderr
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    for path in checkpoints.iterdir():
+        checkpoint = load_checkpoint(path)
+        assert checkpoint["global_step"] == STEPS_PER_EPOCH
+        assert not non_finite_tensors(checkpoint["state_dict"])
 
 
 def test_no_checkpoint_with_non_finite_weights_is_written(tmp_path):

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from pycocotools.coco import COCO
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -27,6 +28,15 @@ log = get_logger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term that is NaN or infinite: the run stops before the optimizer step."""
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` outside a multi-process run)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 class DetectionModule(pl.LightningModule):
@@ -88,16 +98,18 @@ class DetectionModule(pl.LightningModule):
 
     def _stop_on_non_finite(self, terms: dict[str, Tensor], image_ids: Tensor) -> None:
         """Raise :class:`NonFiniteLossError` on every rank when a loss term of any rank is not finite (a flag summed
-        over the ranks first, so that no rank waits for the others in the backward pass)."""
-        finite = torch.isfinite(torch.stack([value.detach().float() for value in terms.values()]))
-        flag = (~finite).any().float()
-        if float(self.trainer.strategy.reduce(flag, reduce_op="sum")) == 0:
+        over the ranks first, so that no rank waits for the others in the backward pass). Every rank's message
+        names the terms and image ids of every rank that had one, whichever rank's error surfaces."""
+        values = torch.stack([value.detach().float() for value in terms.values()])
+        finite = torch.isfinite(values)
+        if float(self.trainer.strategy.reduce((~finite).any().float(), reduce_op="sum")) == 0:
             return
-        bad = {name: float(value) for (name, value), ok in zip(terms.items(), finite.tolist()) if not ok}
-        where = (
-            f"loss term {', '.join(f'{name}={value}' for name, value in bad.items())} for the images {image_ids.tolist()}"
-            if bad
-            else "a loss term of another rank"
+        bad = ", ".join(f"{name}={value}" for name, value, ok in zip(terms, values.tolist(), finite.tolist()) if not ok)
+        reports = gather_objects(f"loss term {bad} for the images {image_ids.tolist()}" if bad else None)
+        where = "; ".join(
+            report if len(reports) == 1 else f"rank {rank}: {report}"
+            for rank, report in enumerate(reports)
+            if report is not None
         )
         raise NonFiniteLossError(
             f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}): {where}; no checkpoint "
