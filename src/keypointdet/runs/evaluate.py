@@ -62,8 +62,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.configure_targets(None, detector.stride, detector.size_divisor)
     tta = cfg.model.get("tta") if cfg.get("model") else None
     model = DetectionModule(
-        detector, datamodule.ground_truth, datamodule.input_record, tta=tta, voc07=datamodule.voc07_metric
-    )
+        detector, datamodule.ground_truth, datamodule.input_record, tta=tta, voc07=datamodule.voc07_metric,
+        inference=cfg.get("inference"),
+    )  # fmt: skip
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}

@@ -44,7 +44,8 @@ def detector(cfg: DictConfig) -> Callable[[np.ndarray], list[Detection]]:
         return OnnxDetector(cfg.ckpt_path).predict
     from keypointdet.inference import apply_nms_overrides, load_detector, predict
 
-    model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
+    tta = cfg.model.get("tta") if cfg.get("model") else None
+    model = load_detector(cfg.ckpt_path, tta=tta, inference=cfg.get("inference"))
     apply_nms_overrides(model, cfg.get("model"))
     return lambda image: predict(model, image)
 

@@ -162,6 +162,8 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         scheduler_interval=cfg.model.get("scheduler_interval", "epoch"),
         tta=cfg.model.get("tta"),
         voc07=datamodule.voc07_metric,
+        inference=cfg.get("inference"),
+        channels_last=cfg.get("channels_last", False),
     )
     if cfg.get("logger") and "wandb" in cfg.logger:
         default_wandb_mode()
