@@ -7,12 +7,13 @@ The exported graph takes ``image [B, 3, H, W]``, letterboxed and normalised as :
 does it, and returns (``outputs=detections``, the default) ``boxes [B, K, 4]`` (xyxy in input pixels),
 ``scores [B, K]`` (descending, 0 for padding) and ``labels [B, K]`` (0..C-1): the network and
 :meth:`KeypointDetector.decode` in one graph, so the detections equal PyTorch's (CenterNet: peaks, top-K,
-boxes; CornerNet: corner top-K, pairing and soft-NMS, every one of its ``max_dets`` steps). ``outputs=raw``
+boxes; CornerNet: corner top-K, pairing and soft-NMS, an ONNX ``Loop``). ``outputs=raw``
 returns the last stack's raw maps instead, named as in the head (``heatmap``, ``size``, ``offset``;
 ``tl_heatmap``, ``br_heatmap``, ``tl_embedding``, ``br_embedding``, ``tl_offset``, ``br_offset``).
 
 With ``dynamic=true`` (the default) batch size, height and width are free (any multiple of the size
-divisor; CornerNet's corner pooling up to ``EXPORTED_MAX_LENGTH`` output cells a side); ``dynamic=false``
+divisor, from the backbone's ``min_export_size``; CornerNet's corner pooling up to ``EXPORTED_MAX_LENGTH``
+output cells a side); ``dynamic=false``
 fixes them to the example ``batch_size x 3 x input_size x input_size``. What a runtime needs besides the
 graph travels with it (:func:`metadata`): ONNX metadata properties, or ``keypointdet.json`` among a
 TorchScript file's extra files.
