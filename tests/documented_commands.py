@@ -161,6 +161,8 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python predict.py ckpt_path=FILE input=0 output=out/ max_frames=300": NotRun(
         "needs a camera; tests/test_video.py runs camera 0 as a patched capture of a video, without a display"
     ),
+    "python eval.py ckpt_path=FILE inference.precision=bf16 inference.channels_last=true": (),
+    "python predict.py ckpt_path=FILE input=image.jpg output=out/ inference=float32": (),
     "python eval.py ckpt_path=FILE model.tta.flip=true": (),
     "python eval.py ckpt_path=FILE model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
     "python eval.py ckpt_path=... model.tta.flip=true model.tta.scales=[0.75,1,1.25]": (),
@@ -190,6 +192,7 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python benchmarks/train_step.py --precision bf16-mixed": Slow(("--input-size", "64", "--batch-size", "2", "--steps", "1")),
     "python benchmarks/data_pipeline.py": ("--images", "2", "--input-size", "64", "--repeats", "1"),
     "python benchmarks/decode.py": NotRun(BENCHMARK),
+    "python benchmarks/inference.py": ("--quick",),  # a smoke test: CenterNet-ResNet18 at 64 px, one round
     "PYTHONPATH=src python benchmarks/corner_pool.py": (
         "--channels", "2", "--height", "8", "--width", "8", "--warmup", "0", "--repeats", "1"
     ),

@@ -56,8 +56,6 @@ def assert_same_detections(results, expected) -> None:
 @pytest.mark.parametrize("export_format", ["onnx", "torchscript"])
 def test_exported_detections_equal_pytorch_at_any_batch_and_size(checkpoint, export_format, tmp_path):
     name, ckpt_path = checkpoint
-    if (name, export_format) == ("cornernet", "onnx"):
-        pytest.skip("not finished: torch.export of CornerNet's decoder takes 13 min here and fixes the width")
     output = main([f"ckpt_path={ckpt_path}", f"format={export_format}", f"output={tmp_path / 'model'}.{export_format}"])
     detector = load_detector(ckpt_path)
     if export_format == "onnx":
@@ -90,8 +88,6 @@ def test_metadata_carries_classes_and_letterbox(checkpoint, tmp_path):
 @pytest.mark.slow  # one more ONNX export: about 30 s on 2 shared cores
 def test_raw_maps_export_at_any_size(checkpoint, tmp_path):
     name, ckpt_path = checkpoint
-    if name == "cornernet":
-        pytest.skip("not finished: the ONNX export of the hourglass fixes the width (see above)")
     output = main([f"ckpt_path={ckpt_path}", "format=onnx", "outputs=raw", f"output={tmp_path / 'raw.onnx'}"])
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_outputs()] == OUTPUT_NAMES[name]

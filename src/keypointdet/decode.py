@@ -38,7 +38,10 @@ def peak_nms(heatmap: Tensor, kernel: int = 3, suppressed: float = 0.0) -> Tenso
         raise ValueError(f"peak kernel must be a positive odd size, got {kernel}")
     batch, channels, height, width = heatmap.shape
     half = (kernel - 1) // 2
-    row_max = F.max_pool1d(heatmap.reshape(batch * channels, height, width), kernel, 1, half).reshape(heatmap.shape)
+    if torch.compiler.is_exporting():  # torch.export fixes the width of a 1-D pool; the same maxima in 2-D
+        row_max = F.max_pool2d(heatmap, (1, kernel), 1, (0, half))
+    else:
+        row_max = F.max_pool1d(heatmap.reshape(batch * channels, height, width), kernel, 1, half).reshape(heatmap.shape)
     keep = heatmap >= row_max
     for distance in range(1, half + 1):  # the rows `distance` above and below
         keep[:, :, distance:] &= heatmap[:, :, distance:] >= row_max[:, :, :-distance]
@@ -53,14 +56,17 @@ def topk_peaks(heatmap: Tensor, k: int) -> Peaks:
     ``k`` is capped at ``C * H * W``. ``index`` is the flat position ``y * W + x`` within a class map.
     Only the ``k`` rows (of ``W`` values) with the highest maxima can hold them: each row ranked before
     a row holding one of them has a maximum ranked before it, so the rows are chosen first and only
-    their values sorted.
+    their values sorted. ``k`` rows of ``-inf`` follow the map's, so that ``k`` rows are chosen whatever
+    ``C * H`` (one shape for an exported graph); they rank after every row of the map.
     """
     batch, classes, height, width = heatmap.shape
     rows = heatmap.reshape(batch, classes * height, width)
-    _, best_rows = top_k(rows.amax(dim=2), k)
+    _, best_rows = top_k(F.pad(rows.amax(dim=2), (0, k), value=float("-inf")), k)
     best_rows = best_rows.sort(dim=1).values  # map order, so that ties among the candidates stay in map order
-    candidates = rows.gather(1, best_rows.unsqueeze(2).expand(-1, -1, width)).flatten(1)
-    scores, pick = top_k(candidates, k)
+    in_map = best_rows < classes * height
+    candidates = rows.gather(1, torch.where(in_map, best_rows, 0).unsqueeze(2).expand(-1, -1, width))
+    candidates = torch.where(in_map.unsqueeze(2), candidates, float("-inf")).flatten(1)
+    scores, pick = top_k(candidates, min(k, classes * height * width))
     columns = torch.arange(width, device=heatmap.device)
     flat = (best_rows.unsqueeze(2) * width + columns).flatten(1).gather(1, pick)
     labels = torch.div(flat, height * width, rounding_mode="floor")

@@ -8,12 +8,13 @@ does it, and returns (``outputs=detections``, the default) ``boxes [B, K, 4]`` (
 ``scores [B, K]`` (descending, 0 for padding) and ``labels [B, K]`` (0..C-1), and for a pose detector
 ``keypoints [B, K, J, 3]`` (x, y in input pixels, the joint's score): the network and
 :meth:`KeypointDetector.decode` in one graph, so the detections equal PyTorch's (CenterNet: peaks, top-K,
-boxes; CornerNet: corner top-K, pairing and soft-NMS, every one of its ``max_dets`` steps). ``outputs=raw``
+boxes; CornerNet: corner top-K, pairing and soft-NMS, an ONNX ``Loop``). ``outputs=raw``
 returns the last stack's raw maps instead, named as in the head (``heatmap``, ``size``, ``offset``;
 ``tl_heatmap``, ``br_heatmap``, ``tl_embedding``, ``br_embedding``, ``tl_offset``, ``br_offset``).
 
 With ``dynamic=true`` (the default) batch size, height and width are free (any multiple of the size
-divisor; CornerNet's corner pooling up to ``EXPORTED_MAX_LENGTH`` output cells a side); ``dynamic=false``
+divisor, from the backbone's ``min_export_size``; CornerNet's corner pooling up to ``EXPORTED_MAX_LENGTH``
+output cells a side); ``dynamic=false``
 fixes them to the example ``batch_size x 3 x input_size x input_size``. What a runtime needs besides the
 graph travels with it (:func:`metadata`): ONNX metadata properties, or ``keypointdet.json`` among a
 TorchScript file's extra files.
@@ -119,12 +120,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(files[TORCHSCRIPT_METADATA])
 
 
-def dynamic_shapes(size_divisor: int) -> dict[str, dict[int, Any]]:
-    """Free batch size and spatial size (multiples of ``size_divisor``) of the ``image`` input."""
-    blocks = MAX_SIDE // size_divisor
-    height = torch.export.Dim("height_blocks", min=1, max=blocks)
-    width = torch.export.Dim("width_blocks", min=1, max=blocks)
-    return {"image": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH), 2: size_divisor * height, 3: size_divisor * width}}
+def dynamic_shapes(detector: KeypointDetector) -> dict[str, dict[int, Any]]:
+    """Free batch size and spatial size (multiples of the size divisor, from the backbone's ``min_export_size``
+    if it has one) of the ``image`` input."""
+    divisor = detector.size_divisor
+    min_blocks = -(-getattr(detector.backbone, "min_export_size", divisor) // divisor)
+    height = torch.export.Dim("height_blocks", min=min_blocks, max=MAX_SIDE // divisor)
+    width = torch.export.Dim("width_blocks", min=min_blocks, max=MAX_SIDE // divisor)
+    return {"image": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH), 2: divisor * height, 3: divisor * width}}
 
 
 def export(
@@ -143,7 +146,7 @@ def export(
     network = (Detections if outputs == "detections" else RawOutputs)(detector).eval()
     # A dynamic dimension needs an example size above 1 (torch.export specialises sizes 0 and 1).
     example = torch.randn(max(batch_size, 2) if dynamic else batch_size, 3, input_size, input_size)
-    shapes = dynamic_shapes(detector.size_divisor) if dynamic else None
+    shapes = dynamic_shapes(detector) if dynamic else None
     properties = metadata(detector, outputs)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,11 +156,15 @@ def export(
             traced = torch.jit.trace(network, (example,), check_trace=False)
             torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(properties)})
         else:
+            # Guards on the sizes that hold over the whole range but that the exporter cannot prove (such as
+            # `C % (C * H) != 0` of a reshape, for H >= 2) become checks in the graph rather than errors.
+            exported = torch.export.export(
+                network, (example,), dynamic_shapes=shapes, prefer_deferred_runtime_asserts_over_guards=True
+            )
             # optimize=False: ONNX Runtime optimises the graph when it loads it.
             program = torch.onnx.export(
-                network, (example,), input_names=["image"], output_names=network.output_names, dynamo=True,
-                dynamic_shapes=shapes, optimize=False, verbose=False,
-                custom_translation_table={torch.ops.aten.sort.stable: onnx_stable_sort},
+                exported, (example,), input_names=["image"], output_names=network.output_names, dynamo=True,
+                optimize=False, verbose=False, custom_translation_table={torch.ops.aten.sort.stable: onnx_stable_sort},
             )  # fmt: skip
             model = program.model_proto
             onnx.helper.set_model_props(model, {key: json.dumps(value) for key, value in properties.items()})

@@ -30,6 +30,7 @@ from keypointdet.data.transforms import Letterbox
 from keypointdet.detectors import KeypointDetector
 from keypointdet.drawing import Detection, ImageInput, draw_detections, to_rgb_array
 from keypointdet.metrics import coco_results
+from keypointdet.speed import InferenceSettings
 from keypointdet.tta import TestTimeAugmentation, detect
 
 __all__ = ["Detection", "detect_batch", "draw_detections", "load_detector", "predict", "skeleton", "to_rgb_array"]
@@ -47,8 +48,9 @@ def apply_nms_overrides(detector: KeypointDetector, model: Mapping[str, Any] | N
 
 
 def load_detector(
-    ckpt_path: str | Path, tta: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu"
-) -> KeypointDetector:
+    ckpt_path: str | Path, tta: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu",
+    inference: Mapping[str, Any] | None = None,
+) -> KeypointDetector:  # fmt: skip
     """Rebuild the detector of a checkpoint of this repository (trained or converted), in eval mode.
 
     Args:
@@ -56,16 +58,20 @@ def load_detector(
             ``weights_only=True`` (a file holding anything but tensors and plain containers is refused).
         tta: test-time augmentation of :func:`predict` (``flip``, ``scales``; none by default).
         map_location: device of the returned model.
+        inference: ``precision`` and ``channels_last`` of :func:`predict`
+            (:class:`keypointdet.speed.InferenceSettings`; float32 NCHW by default).
 
     ``model(images)`` returns the raw head outputs of every stack. The returned model also has the attributes
-    ``letterbox`` (the evaluation transform of its input size and normalisation) and ``tta``, used by :func:`predict`.
+    ``letterbox`` (the evaluation transform of its input size and normalisation), ``tta`` and ``inference``, used
+    by :func:`predict`.
     """
     checkpoint = load_checkpoint(ckpt_path)
     detector = detector_from_checkpoint(checkpoint, ckpt_path).to(map_location)
     record = checkpoint_metadata(checkpoint, ckpt_path)["input"]
     detector.letterbox = Letterbox(record["input_size"], detector.size_divisor, record["mean"], record["std"])
     detector.tta = TestTimeAugmentation(**(tta or {}))
-    return detector.eval()
+    detector.inference = InferenceSettings(**(inference or {}))
+    return detector.inference.prepare(detector).eval()
 
 
 @torch.no_grad()
@@ -78,7 +84,7 @@ def predict(
     """Detections of one image (a list of dicts) or of a sequence of images (a list of such lists).
 
     Args:
-        model: a detector, e.g. from :func:`load_detector` (its ``tta`` applies).
+        model: a detector, e.g. from :func:`load_detector` (its ``tta`` and ``inference`` apply).
         images: paths, uint8 RGB arrays ``[H, W, 3]`` or PIL images.
         letterbox: the evaluation transform; by default ``model.letterbox`` (set by :func:`load_detector`).
 
@@ -94,17 +100,19 @@ def predict(
     results: list[list[Detection]] = []
     for start in range(0, len(arrays), batch_size):
         samples = [_sample(array, index, letterbox) for index, array in enumerate(arrays[start : start + batch_size])]
-        results.extend(detect_batch(model, collate(samples), getattr(model, "tta", None)))
+        settings = getattr(model, "tta", None), getattr(model, "inference", None)
+        results.extend(detect_batch(model, collate(samples), *settings))
     return results[0] if single else results
 
 
 def detect_batch(
-    model: KeypointDetector, batch: dict[str, torch.Tensor], tta: TestTimeAugmentation | None = None
-) -> list[list[Detection]]:
+    model: KeypointDetector, batch: dict[str, torch.Tensor], tta: TestTimeAugmentation | None = None,
+    settings: InferenceSettings | None = None,
+) -> list[list[Detection]]:  # fmt: skip
     """The detections of a collated evaluation batch (letterboxed images with their mapping), one list per image."""
     device = next(model.parameters()).device
     mapping = BoxMapping.from_batch({name: value.to(device) for name, value in batch.items()})
-    detections = detect(model, batch["image"].to(device), mapping, tta)
+    detections = detect(model, batch["image"].to(device), mapping, tta, settings)
     boxes, scores, labels, *keypoints = (value.cpu() for value in detections)
     joints = keypoints[0] if keypoints else [None] * len(boxes)
     names = dict(zip(model.category_ids, model.class_names))

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 from hydra.utils import instantiate
 from pycocotools.coco import COCO
 import torch
@@ -21,6 +22,7 @@ from keypointdet.detectors import KeypointDetector
 from keypointdet.detectors.base import plain
 from keypointdet.log import get_logger
 from keypointdet.metrics import CocoMeanAveragePrecision
+from keypointdet.speed import InferenceSettings, memory_format
 from keypointdet.tta import TestTimeAugmentation, detect
 
 log = get_logger(__name__)
@@ -56,6 +58,8 @@ class DetectionModule(pl.LightningModule):
         voc07: also log ``val/mAP50_voc07`` (Pascal VOC2007's 11-point AP at IoU 0.5).
         keypoint_sigmas: the dataset's OKS sigmas (``data.keypoints.sigmas``); a pose detector is also evaluated
             by COCO keypoint AP (``val/kp_mAP``, ``val/kp_mAP50``, ``val/kp_mAP75``, ...) with them.
+        inference: ``precision`` and ``channels_last`` of validation (:class:`keypointdet.speed.InferenceSettings`).
+        channels_last: train the detector on channels-last (NHWC) batches, its parameters in that layout.
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class DetectionModule(pl.LightningModule):
         tta: Mapping[str, Any] | None = None,
         voc07: bool = False,
         keypoint_sigmas: Sequence[float] | None = None,
+        inference: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.detector = detector
@@ -83,12 +89,17 @@ class DetectionModule(pl.LightningModule):
         self.scheduler_config = plain(scheduler) if scheduler else None
         self.scheduler_interval = scheduler_interval
         self.tta = TestTimeAugmentation(**(tta or {}))
+        self.inference = InferenceSettings(**(inference or {}))
+        # Converted here, before a strategy wraps the detector (DDP expects the gradients in the parameters' layout).
+        self.training_layout = memory_format(channels_last)
+        detector.to(memory_format=self.training_layout)
 
     def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
         return self.detector(images)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        terms = self.detector.loss(self.detector(batch["image"]), batch)
+        images = batch["image"].contiguous(memory_format=self.training_layout)
+        terms = self.detector.loss(self.detector(images), batch)
         self._stop_on_non_finite(terms, batch["image_id"])
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=True, batch_size=batch_size)
@@ -116,8 +127,16 @@ class DetectionModule(pl.LightningModule):
             "written from this step, the last one on disk is intact"
         )
 
+    def on_validation_start(self) -> None:
+        self.inference.prepare(self.detector)
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:  # training goes on in its own layout
+            self.detector.to(memory_format=self.training_layout)
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        detections = detect(self.detector, batch["image"], BoxMapping.from_batch(batch), self.tta)
+        mapping = BoxMapping.from_batch(batch)
+        detections = detect(self.detector, batch["image"], mapping, self.tta, self.inference)
         self.metric.update(batch["image_id"], *detections)
         self._log_data_counts(batch, "val_data")
 

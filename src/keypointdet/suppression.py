@@ -86,31 +86,46 @@ def soft_nms_selection(  # the arguments of soft_nms
     if method not in ("gaussian", "linear"):
         raise ValueError(f"unknown soft-NMS method {method!r}; use 'gaussian' or 'linear'")
     batch, num_candidates = scores.shape
-    rows = torch.arange(batch, device=scores.device)
-    current = scores.clone()
-    alive = current >= score_threshold
-    selected = torch.zeros(batch, max_dets, dtype=torch.int64, device=scores.device)
-    selected_scores = scores.new_zeros(batch, max_dets)
-    found = torch.zeros(batch, max_dets, dtype=torch.bool, device=scores.device)
-    for step in range(min(num_candidates, max_dets)):
-        # Every image done: stop (one host sync per step). An exported graph runs every step instead;
-        # steps after the last selection change nothing.
-        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()) and not alive.any():
-            break
-        found[:, step] = alive.any(dim=1)
+    device = scores.device
+    # Class-agnostic suppression is the per-class one with a single class.
+    classes = labels if labels is not None else torch.zeros(batch, num_candidates, dtype=torch.int64, device=device)
+    candidate_index, column_index = torch.arange(num_candidates, device=device), torch.arange(max_dets, device=device)
+
+    def select(step: Tensor, current: Tensor, alive: Tensor, selected: Tensor, selected_scores: Tensor,
+               found: Tensor) -> tuple[Tensor, ...]:  # fmt: skip
+        """One greedy step: the best alive candidate of each image goes to column ``step``; the others decay."""
+        found_now = alive.any(dim=1)
         best_score, best = torch.where(alive, current, float("-inf")).max(dim=1)
-        selected[:, step] = best
-        selected_scores[:, step] = torch.where(found[:, step], best_score, 0.0)
-        alive[rows, best] = False
-        iou = _iou_with(boxes[rows, best], boxes)
+        column = (column_index == step).unsqueeze(0)
+        selected = torch.where(column, best.unsqueeze(1), selected)
+        selected_scores = torch.where(column, torch.where(found_now, best_score, 0.0).unsqueeze(1), selected_scores)
+        found = found | (column & found_now.unsqueeze(1))
+        iou = _iou_with(boxes.gather(1, best.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1), boxes)
         if method == "gaussian":
             decay = torch.exp(-iou.pow(2) / sigma)
         else:
             decay = torch.where(iou > iou_threshold, 1 - iou, 1.0)
-        if labels is not None:
-            decay = torch.where(labels == labels[rows, best].unsqueeze(1), decay, 1.0)
-        current = current * decay
-        alive &= current >= score_threshold
+        current = current * torch.where(classes == classes.gather(1, best.unsqueeze(1)), decay, 1.0)
+        alive = alive & (candidate_index != best.unsqueeze(1)) & (current >= score_threshold)
+        return step + 1, current, alive, selected, selected_scores, found
+
+    current = scores.clone()
+    state = (
+        torch.zeros((), dtype=torch.int64, device=device), current, current >= score_threshold,
+        torch.zeros(batch, max_dets, dtype=torch.int64, device=device), scores.new_zeros(batch, max_dets),
+        torch.zeros(batch, max_dets, dtype=torch.bool, device=device),
+    )  # fmt: skip
+    steps = min(num_candidates, max_dets)
+    if torch.compiler.is_exporting():  # one loop in the graph (an ONNX Loop), rather than `steps` copies of the step
+        state = torch.while_loop(lambda step, _, alive, *rest: (step < steps) & alive.any(), select, state)
+    else:
+        for _ in range(steps):
+            # Every image done: stop (one host sync per step). A traced graph (TorchScript) runs every step
+            # instead; steps after the last selection change nothing.
+            if not torch.jit.is_tracing() and not state[2].any():
+                break
+            state = select(*state)
+    _, _, _, selected, selected_scores, found = state
     return selected, selected_scores, found
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from keypointdet.boxes import BoxMapping, round_up
 from keypointdet.detectors import Detections, KeypointDetector
+from keypointdet.speed import InferenceSettings
 
 
 @dataclass(frozen=True)
@@ -55,28 +56,34 @@ def resize_images(images: Tensor, scale: float, size_divisor: int) -> tuple[Tens
 
 @torch.no_grad()
 def detect(
-    detector: KeypointDetector, images: Tensor, mapping: BoxMapping, tta: TestTimeAugmentation | None = None
-) -> Detections:
+    detector: KeypointDetector, images: Tensor, mapping: BoxMapping, tta: TestTimeAugmentation | None = None,
+    settings: InferenceSettings | None = None,
+) -> Detections:  # fmt: skip
     """``boxes [B, K, 4]`` xyxy in original pixels (clipped), ``scores [B, K]`` (0 for padding), ``labels [B, K]``
     (and a pose detector's ``keypoints [B, K, J, 3]``: x, y in original pixels, clipped, and score) of the
-    network-input ``images [B, 3, H, W]`` whose relation to the originals is ``mapping``."""
-    tta = tta or TestTimeAugmentation()
-    sets = [detections for scale in tta.scales for detections in _detect_at_scale(detector, images, mapping, scale, tta.flip)]
+    network-input ``images [B, 3, H, W]`` whose relation to the originals is ``mapping``; the forward passes in
+    the precision and layout of ``settings`` (float32 NCHW by default; the detector :meth:`prepare`-d for them)."""
+    tta, settings = tta or TestTimeAugmentation(), settings or InferenceSettings()
+    sets = [
+        detections for scale in tta.scales
+        for detections in _detect_at_scale(detector, images, mapping, scale, tta.flip, settings)
+    ]  # fmt: skip
     return detector.merge(sets)
 
 
 def _detect_at_scale(
-    detector: KeypointDetector, images: Tensor, mapping: BoxMapping, scale: float, flip: bool
-) -> list[Detections]:
+    detector: KeypointDetector, images: Tensor, mapping: BoxMapping, scale: float, flip: bool,
+    settings: InferenceSettings,
+) -> list[Detections]:  # fmt: skip
     """Candidates (original pixels) of ``images`` resized by ``scale``, and of their mirror with ``flip``."""
     # Padded to a multiple of the stride too, so that the output map mirrors exactly onto the input.
     resized, factors = resize_images(images, scale, math.lcm(detector.size_divisor, detector.stride))
     if flip:
-        outputs = detector(torch.cat([resized, resized.flip(-1)]))[-1]
+        outputs = settings.forward(detector, torch.cat([resized, resized.flip(-1)]))[-1]
         halves = [{name: value.chunk(2)[half] for name, value in outputs.items()} for half in (0, 1)]
         sets = detector.flip_candidates(*halves)
     else:
-        sets = [detector.candidates(detector(resized)[-1])]
+        sets = [detector.candidates(settings.forward(detector, resized)[-1])]
     to_input = detector.stride / factors
     return [_to_original(detections, mapping, to_input) for detections in sets]
 

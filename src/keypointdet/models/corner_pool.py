@@ -186,15 +186,16 @@ def _doubling_scan(x: Tensor, dim: int, reverse: bool) -> Tensor:
     on the size: the graph an export records is exact for any length up to ``EXPORTED_MAX_LENGTH``.
     """
     length = x.shape[dim]
-    moved = x.movedim(dim, -1)
+    moved = x.movedim(dim, -1).contiguous()
     for step in range(EXPORTED_MAX_LENGTH.bit_length() - 1):
         shift = 1 << step
         if reverse:  # the element `shift` later in the map comes earlier in the scan
             shifted = F.pad(moved, (0, shift), value=float("-inf")).narrow(-1, shift, length)
         else:
             shifted = F.pad(moved, (shift, 0), value=float("-inf")).narrow(-1, 0, length)
-        moved = torch.maximum(moved, shifted)
-    return moved.movedim(-1, dim)
+        # Both operands contiguous: mixed strides would make the exporter guard on (and fix) the map's size.
+        moved = torch.maximum(moved, shifted.contiguous())
+    return moved.movedim(-1, dim).contiguous()
 
 
 class _CornerPool(torch.autograd.Function):

@@ -64,6 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model = DetectionModule(
         detector, datamodule.ground_truth, datamodule.input_record, tta=tta, voc07=datamodule.voc07_metric,
         keypoint_sigmas=datamodule.keypoint_sigmas,
+        inference=cfg.get("inference"),
     )  # fmt: skip
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.validate(model, datamodule=datamodule, verbose=False)

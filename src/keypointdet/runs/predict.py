@@ -57,7 +57,8 @@ def detector(cfg: DictConfig) -> Predictor:
         return Predictor(onnx_model.predict, onnx_model.skeleton)
     from keypointdet.inference import apply_nms_overrides, load_detector, predict, skeleton
 
-    model = load_detector(cfg.ckpt_path, tta=cfg.model.get("tta") if cfg.get("model") else None)
+    tta = cfg.model.get("tta") if cfg.get("model") else None
+    model = load_detector(cfg.ckpt_path, tta=tta, inference=cfg.get("inference"))
     apply_nms_overrides(model, cfg.get("model"))
     return Predictor(lambda image: predict(model, image), skeleton(model))
 

@@ -164,6 +164,8 @@ def build(cfg: DictConfig) -> tuple[BaseDetectionDataModule, DetectionModule, pl
         tta=cfg.model.get("tta"),
         voc07=datamodule.voc07_metric,
         keypoint_sigmas=datamodule.keypoint_sigmas,
+        inference=cfg.get("inference"),
+        channels_last=cfg.get("channels_last", False),
     )
     if cfg.get("logger") and "wandb" in cfg.logger:
         default_wandb_mode()

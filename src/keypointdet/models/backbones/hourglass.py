@@ -164,6 +164,9 @@ class Hourglass(nn.Module):
 
         self.num_stacks = num_stacks
         self.out_channels = out_channels
+        # Smallest input side whose lowest hourglass level has 2 cells or more: an export with free sizes needs
+        # it (torch.export would specialise a 1-cell map, which broadcasts).
+        self.min_export_size = self.stride * 2**depth + 1
         width = dims[0]
 
         self.stem = nn.Sequential(
