@@ -1,4 +1,5 @@
-"""``train.py ckpt_path=FILE``: N epochs, stop, resume for M more == N + M epochs in one go."""
+"""``train.py ckpt_path=FILE``: N epochs, stop, resume for M more == N + M epochs in one go; the same from a
+checkpoint written within an epoch."""
 
 from __future__ import annotations
 

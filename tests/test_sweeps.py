@@ -81,7 +81,7 @@ def test_a_job_whose_loss_turns_non_finite_is_marked_failed_and_the_others_compl
         tiny_dataset, sweep_dir, "logger=none", "+callbacks.poison._target_=crash_hooks.PoisonTargets",
         "+callbacks.poison.step=0,null",
     )
-    assert result.returncode != 0  # after every job ran (README: Sweeps)
+    assert result.returncode != 0  # README: Sweeps
 
     failed, completed = summary_rows(sweep_dir)
     assert (failed["job"], failed["status"], completed["status"]) == ("0", "FAILED", "COMPLETED")
@@ -90,7 +90,8 @@ def test_a_job_whose_loss_turns_non_finite_is_marked_failed_and_the_others_compl
     metrics = json.loads((sweep_dir / "1" / "metrics.json").read_text())
     assert float(completed["value"]) == pytest.approx(metrics["val/mAP"])
     assert "job 0 FAILED (NonFiniteLossError" in result.stdout + result.stderr
-    assert "keypointdet.module.NonFiniteLossError: non-finite loss at step 0" in result.stderr  # what the sweep exits with
+    # what the sweep exits with, after every job ran
+    assert "keypointdet.module.NonFiniteLossError: non-finite loss at step 0" in result.stderr
 
 
 @pytest.mark.slow
