@@ -73,7 +73,6 @@ def test_a_crashed_job_is_reported_without_hiding_the_others(tiny_dataset, tmp_p
     assert "job 0 FAILED" in result.stdout + result.stderr
 
 
-@pytest.mark.slow  # two training jobs in a subprocess (~40 s of CPU); the summary itself: test_callbacks.py
 def test_a_job_whose_loss_turns_non_finite_is_marked_failed_and_the_others_complete(tiny_dataset, tmp_path):
     sweep_dir = tmp_path / "sweep"
     # job 0's first batch gets infinite targets (as from a corrupt image, or weights diverged by a too high lr)
