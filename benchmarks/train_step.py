@@ -87,7 +87,9 @@ def main() -> None:
 
     raw = [dataset.transform(*_raw(dataset, i)) for i in range(args.batch_size)]
     targets = median_seconds(
-        lambda: [dataset._targets(r["image"], r["boxes"], r["labels"], dataset.image_ids[i]) for i, r in enumerate(raw)],
+        lambda: [
+            dataset._targets(r["image"], r["boxes"], r["labels"], dataset.image_ids[i], None) for i, r in enumerate(raw)
+        ],
         args.steps,
     )
 

@@ -108,6 +108,7 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python -m keypointdet.data.synthetic out=DIR [num_train=N num_val=N seed=S]": (),
     # docs/pose_data.md
     "python -m keypointdet.data.synthetic_pose out=DIR [num_train=N num_val=N seed=S]": (),
+    "python -m keypointdet.data.synthetic_pose": ("out=generated", "num_train=3", "num_val=2"),  # README, in prose
     "python train.py": (),
     "python train.py ckpt_path=...": (),
     # Training on your data

@@ -21,6 +21,10 @@ REFUSED = [
     (["data.batch_size=0"], "data.batch_size=0: must be >= 1"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt: no such file"),
     (["model.targets.radius_variant=official"], "radius_variant=official: must be one of corrected, centernet"),
+    (
+        ["model=cornernet", "backbone._target_=torchvision.models.resnet18"],
+        r"backbone._target_=torchvision.models.resnet18: not a keypointdet backbone \(a class in keypointdet.models",
+    ),
 ]
 
 
@@ -32,7 +36,9 @@ def test_a_value_that_cannot_work_is_refused_with_one_line_naming_it(compose_tra
 
 
 def test_every_default_and_paper_recipe_passes(compose_train):
+    # the CornerNet recipe's data.batch_size (per device) 6 is smaller than its 8 devices: not a refusal
     for overrides in ([], ["model=cornernet"], ["backbone=hourglass_small", "data.input_size=100"],
+                      ["model=cornernet", "backbone=resnet18"], ["model=cornernet", "backbone=dla34"],
                       ["experiment=centernet_dla34_coco"], ["experiment=cornernet_hourglass104_coco"],
                       ["data=coco"], ["data=voc", "model=cornernet"]):  # fmt: skip
         check_training_config(compose_train(*overrides))

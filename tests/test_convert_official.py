@@ -258,7 +258,7 @@ def test_official_config() -> None:
     assert COCO_CATEGORY_IDS[0] == 1 and COCO_CATEGORY_IDS[-1] == 90
     assert (COCO_CLASS_NAMES[0], COCO_CLASS_NAMES[-1]) == ("person", "toothbrush")
     assert set(OFFICIAL_ARCHS) == {"centernet_resdcn18", "centernet_dla34", "centernet_hourglass104",
-                                   "cornernet_hourglass104"}  # fmt: skip
+                                   "cornernet_hourglass104", "centernet_pose_dla34"}  # fmt: skip
     config = official_config("cornernet_hourglass104", {"dims": [16, 24, 32], "depth": 2, "modules": [2, 1, 2]})
     detector = config["detector"]
     assert (detector["name"], detector["num_classes"], detector["head_channels"], detector["pool_channels"]) == (

@@ -126,6 +126,7 @@ def test_a_loss_made_infinite_stops_naming_step_term_and_images_and_keeps_the_la
     assert load_checkpoint(last)["global_step"] == STEPS_PER_EPOCH
 
 
+@pytest.mark.slow  # three Python processes importing torch and Lightning: 31 s on an idle 2-core machine
 def test_a_loss_made_infinite_on_one_ddp_rank_stops_every_rank_naming_it_and_keeps_the_last_good_checkpoint(
     tiny_dataset, tmp_path
 ):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 
 from keypointdet.data.datamodule import DetectionDataModule, EpochSampler, collate
 from keypointdet.data.encode import CenterNetEncoder
@@ -151,7 +153,11 @@ class BatchRecorder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit_recording(tiny_dataset, tmp_path, max_epochs: int, ckpt_path=None) -> list[tuple[int, list[int], float]]:
+def fit_recording(
+    tiny_dataset, tmp_path, max_epochs: int, ckpt_path=None, limit_train_batches: int = 2, **settings
+) -> list[tuple[int, list[int], float]]:
+    """What every step of a fit sees; ``settings``: ``max_steps`` of the Trainer, ``every_n_train_steps`` of
+    the checkpoint (``last.ckpt``, also written at every epoch end)."""
     datamodule = DetectionDataModule(
         train_ann=str(tiny_dataset / "train.json"), train_img_dir=str(tiny_dataset / "train"),
         val_ann=str(tiny_dataset / "val.json"), val_img_dir=str(tiny_dataset / "val"),
@@ -159,10 +165,13 @@ def fit_recording(tiny_dataset, tmp_path, max_epochs: int, ckpt_path=None) -> li
     )  # fmt: skip
     datamodule.configure_targets(CenterNetEncoder(num_classes=6, max_objects=32), 4, 32)
     model = BatchRecorder()
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, save_last=True, every_n_train_steps=settings.get("every_n_train_steps")
+    )
     trainer = pl.Trainer(
-        max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+        max_epochs=max_epochs, max_steps=settings.get("max_steps", -1), limit_train_batches=limit_train_batches,
+        limit_val_batches=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, accelerator="cpu", callbacks=[checkpoint],
     )  # fmt: skip
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return model.seen
@@ -176,3 +185,34 @@ def test_a_resumed_run_sees_the_batches_of_an_uninterrupted_one(tiny_dataset, tm
     assert [epoch for epoch, *_ in resumed] == [2, 2]
     assert resumed == straight[-2:]
     assert straight[0][1] != straight[2][1]  # and epochs differ
+
+
+def test_a_run_resumed_from_within_an_epoch_sees_the_rest_of_it_then_the_next_epochs(tiny_dataset, tmp_path):
+    straight = fit_recording(tiny_dataset, tmp_path / "straight", max_epochs=2, limit_train_batches=4)
+    # stopped after step 3 of 4, with a checkpoint there
+    fit_recording(tiny_dataset, tmp_path / "first", 2, limit_train_batches=4, max_steps=3, every_n_train_steps=3)
+    resumed = fit_recording(
+        tiny_dataset, tmp_path / "resumed", 2, ckpt_path=tmp_path / "first" / "last.ckpt", limit_train_batches=4
+    )
+    assert [epoch for epoch, *_ in resumed] == [0, 1, 1, 1, 1]
+    assert resumed == straight[3:]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_a_resumed_sampler_deals_every_rank_the_rest_of_its_epoch(world_size):
+    num_samples, batch_size, batches_done = 11, 2, 1  # 11 samples: Lightning's wrapper pads them for 2 or 3 ranks
+
+    def rank_pairs(sampler: EpochSampler, rank: int) -> list[tuple[int, int]]:
+        """What rank ``rank`` draws (Lightning's wrapper of a custom sampler under DDP)."""
+        return list(DistributedSamplerWrapper(sampler, num_replicas=world_size, rank=rank, shuffle=False))
+
+    uninterrupted, resumed = EpochSampler(num_samples, seed=3), EpochSampler(num_samples, seed=3)
+    uninterrupted.set_epoch(4)
+    resumed.resume(4, batches_done * batch_size * world_size)
+    for rank in range(world_size):
+        rest = rank_pairs(uninterrupted, rank)[batches_done * batch_size :]
+        assert rank_pairs(resumed, rank)[: len(rest)] == rest
+    for epoch in (5, 6):  # the epochs after it are whole
+        uninterrupted.set_epoch(epoch)
+        resumed.set_epoch(epoch)
+        assert list(resumed) == list(uninterrupted)

@@ -1,4 +1,5 @@
-"""Backbone contract of the ResNet + deconvolution neck, and the packaging files staying in sync."""
+"""Backbone contract of the ResNet + deconvolution neck (and CornerNet on it and on DLA), and the packaging files
+staying in sync."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import tomllib
 import torch
 
+from keypointdet.detectors import CornerNet
 from keypointdet.models.backbones.resnet import ResNet
 from keypointdet.models.heads import HEATMAP_PRIOR, CenterHead
 
@@ -42,6 +44,24 @@ def test_deformable_neck_starts_as_a_plain_convolution_and_learns_offsets():
     torch.testing.assert_close(first(x), plain, atol=1e-5, rtol=1e-4)
     backbone(torch.randn(1, 3, 64, 96))[0].sum().backward()
     assert first.offset_mask.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        {"_target_": "keypointdet.models.backbones.resnet.ResNet", "neck_channels": [16, 16, 16]},
+        {"_target_": "keypointdet.models.backbones.resnet.ResNet", "neck_channels": [16, 16]},
+        {"_target_": "keypointdet.models.backbones.dla.DLA", "deformable": False},
+    ],
+    ids=["resnet18-stride4", "resnet18-stride8", "dla34"],
+)
+def test_cornernet_takes_backbones_other_than_the_hourglass(backbone):
+    # the contract is all it needs (README, Refused at start-up: no backbone of this package is refused)
+    detector = CornerNet(backbone, num_classes=2, pool_channels=8, head_channels=8, k=10, num_dets=20, max_dets=5)
+    (outputs,) = detector(torch.randn(2, 3, 64, 96))
+    assert all(value.shape[-2:] == (64 // detector.stride, 96 // detector.stride) for value in outputs.values())
+    boxes, scores, labels = detector.decode(outputs)
+    assert boxes.shape == (2, 5, 4) and scores.shape == labels.shape == (2, 5)
 
 
 def test_bad_depth_is_a_clear_error():

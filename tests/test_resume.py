@@ -1,4 +1,5 @@
-"""``train.py ckpt_path=FILE``: N epochs, stop, resume for M more == N + M epochs in one go."""
+"""``train.py ckpt_path=FILE``: N epochs, stop, resume for M more == N + M epochs in one go; the same from a
+checkpoint written within an epoch."""
 
 from __future__ import annotations
 
@@ -49,3 +50,20 @@ def test_resumed_training_ends_where_uninterrupted_training_ends(model, tiny_dat
                 torch.testing.assert_close(resumed_state["state"][index][key], value, rtol=1e-5, atol=1e-6)
     assert resumed["lr_schedulers"] == straight["lr_schedulers"]
     assert straight["lr_schedulers"][0]["last_epoch"] == 2 * (N + M)
+
+
+def test_resumed_from_a_checkpoint_written_within_an_epoch_ends_where_uninterrupted_training_ends(
+    tiny_dataset, tmp_path
+):
+    # epochs of 4 steps, last.ckpt also every 3 steps: the first run stops after step 3, in the middle of epoch 0
+    overrides = ("trainer.limit_train_batches=4", "callbacks.last_checkpoint.every_n_train_steps=3")
+    straight = run(tiny_dataset, tmp_path / "straight", "cornernet", 2, *overrides)
+    first = run(tiny_dataset, tmp_path / "first", "cornernet", 2, *overrides, "trainer.max_steps=3")
+    resume_from = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
+    resumed = run(tiny_dataset, tmp_path / "resumed", "cornernet", 2, *overrides, resume_from)
+
+    assert (first["global_step"], first["epoch"]) == (3, 0)
+    assert resumed["global_step"] == straight["global_step"] == 8
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert resumed["lr_schedulers"] == straight["lr_schedulers"]

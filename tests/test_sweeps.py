@@ -28,7 +28,10 @@ def multirun(tiny_dataset: Path, sweep_dir: Path, *overrides: str) -> subprocess
         "evaluate_best=false", f"data.root={tiny_dataset}", "data.num_workers=0", "data.batch_size=4",
         "data.val_batch_size=4", "~callbacks.rich_progress_bar", f"hydra.sweep.dir={sweep_dir}", *overrides,
     ]
-    env = {**os.environ, "WANDB_MODE": "offline", "PROJECT_ROOT": str(ROOT)}
+    env = {
+        **os.environ, "WANDB_MODE": "offline", "PROJECT_ROOT": str(ROOT),
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",  # tests/: crash_hooks
+    }  # fmt: skip
     return subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -68,6 +71,26 @@ def test_a_crashed_job_is_reported_without_hiding_the_others(tiny_dataset, tmp_p
     assert "data.input_size=100" in failed["error"]
     assert "val/mAP" in json.loads((sweep_dir / "1" / "metrics.json").read_text())
     assert "job 0 FAILED" in result.stdout + result.stderr
+
+
+def test_a_job_whose_loss_turns_non_finite_is_marked_failed_and_the_others_complete(tiny_dataset, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # job 0's first batch gets infinite targets (as from a corrupt image, or weights diverged by a too high lr)
+    result = multirun(
+        tiny_dataset, sweep_dir, "logger=none", "+callbacks.poison._target_=crash_hooks.PoisonTargets",
+        "+callbacks.poison.step=0,null",
+    )
+    assert result.returncode != 0  # README: Sweeps
+
+    failed, completed = summary_rows(sweep_dir)
+    assert (failed["job"], failed["status"], completed["status"]) == ("0", "FAILED", "COMPLETED")
+    assert failed["error"].startswith("NonFiniteLossError: non-finite loss at step 0 (epoch 0): loss term ")
+    assert not (sweep_dir / "0" / "metrics.json").exists()
+    metrics = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    assert float(completed["value"]) == pytest.approx(metrics["val/mAP"])
+    assert "job 0 FAILED (NonFiniteLossError" in result.stdout + result.stderr
+    # what the sweep exits with, after every job ran
+    assert "keypointdet.module.NonFiniteLossError: non-finite loss at step 0" in result.stderr
 
 
 @pytest.mark.slow

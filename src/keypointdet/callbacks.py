@@ -65,6 +65,7 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """(After Lightning's own signal handlers are set.) SIGINT (Ctrl-C) stops like SIGTERM: after the current batch, with this checkpoint written."""
+        super().on_train_start(trainer, pl_module)  # starts the every_n_minutes clock
 
         def stop_after_batch(signum: int, frame: Any) -> None:
             trainer._signal_connector.received_sigterm = True  # Lightning's own stop-after-this-batch flag
@@ -72,6 +73,7 @@ class LatestCheckpoint(ModelCheckpoint):
         self._previous_sigint_handler = signal.signal(signal.SIGINT, stop_after_batch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
         self._restore_sigint_handler()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

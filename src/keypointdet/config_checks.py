@@ -9,6 +9,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from keypointdet.data.encode import RadiusVariant
+from keypointdet.detectors.base import BACKBONE_PACKAGE
 
 RADIUS_VARIANTS = get_args(RadiusVariant)
 
@@ -32,6 +33,16 @@ def check_ckpt_path(cfg: DictConfig) -> None:
     """``ckpt_path``, when given, names an existing file."""
     path = cfg.get("ckpt_path")
     _require(path is None or Path(path).is_file(), f"ckpt_path={path}: no such file")
+
+
+def check_backbone(backbone: DictConfig) -> None:
+    """``backbone._target_``: a backbone class of this package. Both detectors take any of them (one feature map
+    per stack at the backbone's stride); :func:`keypointdet.detectors.build_backbone` builds nothing else."""
+    target = backbone.get("_target_")
+    _require(
+        isinstance(target, str) and target.startswith(BACKBONE_PACKAGE),
+        f"backbone._target_={target}: not a keypointdet backbone (a class in {BACKBONE_PACKAGE}*, conf/backbone/)",
+    )
 
 
 def backbone_size_divisor(backbone: DictConfig) -> int:
@@ -68,6 +79,7 @@ def check_training_config(cfg: DictConfig) -> None:
     _require(max_objects is None or max_objects >= 1, f"model.targets.max_objects={max_objects}: must be >= 1")
     _require(model.get("k") is None or model.k >= 1, f"model.k={model.get('k')}: must be >= 1")
     check_tta(model.get("tta"))
+    check_backbone(cfg.backbone)
     check_input_size(data.input_size, backbone_size_divisor(cfg.backbone))
     for name in ("batch_size", "val_batch_size"):
         value = data.get(name)

@@ -7,7 +7,8 @@ Randomness is a function of ``seed`` and the epoch only: :class:`EpochSampler` d
 and one augmentation seed per sample from ``(seed, epoch)``, and the dataset restarts the augmentation
 stream of every sample from its seed. So the samples do not depend on the number of workers, on which
 worker loads them, or on the global random state, and a run resumed from a checkpoint sees exactly the
-batches an uninterrupted run would.
+batches an uninterrupted run would, also from a checkpoint written within an epoch (the DataModule's state in the
+checkpoint says how far into the epoch it was).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class BaseDetectionDataModule(pl.LightningDataModule):
         self.size_divisor = 32
         self.train_dataset: CocoDetection | None = None
         self.val_dataset: CocoDetection | None = None
+        self.resume_position = (0, 0)  # (epoch, samples of it done): see state_dict
 
     # whether its evaluation also reports Pascal VOC2007's 11-point AP at IoU 0.5 (val/mAP50_voc07)
     voc07_metric = False
@@ -196,15 +198,23 @@ class BaseDetectionDataModule(pl.LightningDataModule):
             raise RuntimeError("no target encoder: train with a detector or call configure_targets() first")
         sampler = EpochSampler(len(self.train_dataset), self.seed)
         # Lightning creates the first epoch's iterator (and worker processes prefetch from the sampler) before
-        # its own set_epoch call, so a run resumed at epoch N must start the sampler there already.
-        sampler.set_epoch(self._starting_epoch())
+        # its own set_epoch call, so a resumed run must start the sampler where its checkpoint was written.
+        sampler.resume(*self.resume_position)
         return self._loader(self.train_dataset, self.hparams.batch_size, sampler=sampler, drop_last=True)
 
-    def _starting_epoch(self) -> int:
-        """The epoch the trainer is about to run (the value Lightning gives ``set_epoch``; 0 without a trainer)."""
-        if self.trainer is None:
-            return 0
-        return self.trainer.fit_loop.epoch_progress.current.processed
+    def state_dict(self) -> dict[str, int]:
+        """Where training is (saved in checkpoints): the ``epoch`` it runs or is about to run, and the training
+        samples of it, over all ranks, already trained on (``samples_done``, 0 at an epoch boundary)."""
+        loop = self.trainer.fit_loop
+        epoch = loop.epoch_progress.current.processed
+        if loop.epoch_progress.current.started <= epoch:  # at an epoch boundary
+            return {"epoch": epoch, "samples_done": 0}
+        batches_done = loop.epoch_loop.batch_progress.current.ready
+        return {"epoch": epoch, "samples_done": batches_done * self.hparams.batch_size * self.trainer.world_size}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """A resumed run's sampler continues where the checkpoint was written (:meth:`EpochSampler.resume`)."""
+        self.resume_position = (state_dict["epoch"], state_dict["samples_done"])
 
     def val_dataloader(self) -> DataLoader:
         batch_size = self.hparams.val_batch_size or self.hparams.batch_size

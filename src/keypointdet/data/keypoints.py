@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import albumentations as A
 import numpy as np
 
 VISIBILITIES = (0, 1, 2)
@@ -122,23 +121,3 @@ def check_keypoints(
         cleaned += [float(x), float(y), int(visibility)]
     reason = f"has joints outside the {image['width']}x{image['height']} image or not numbers: {', '.join(reasons)}"
     return cleaned, None, bad, reason
-
-
-class MirrorJoints(A.HorizontalFlip):
-    """Horizontal flip whose keypoints move as boxes do in continuous pixels (``x -> width - x``; albumentations'
-    own maps pixel indices, ``width - 1 - x``) and swap left and right: the keypoints are ``J`` rows per object,
-    object after object, and row ``j`` of each object takes the mirrored point of joint ``flip_permutation[j]``
-    (with its visibility, a label column)."""
-
-    def __init__(self, flip_permutation: Sequence[int], p: float = 0.5) -> None:
-        super().__init__(p=p)
-        self.flip_permutation = list(flip_permutation)
-
-    def apply_to_keypoints(self, keypoints: np.ndarray, **params: Any) -> np.ndarray:
-        mirrored = keypoints.copy()
-        mirrored[:, 0] = params["shape"][1] - keypoints[:, 0]
-        num_joints = len(self.flip_permutation)
-        return mirrored.reshape(-1, num_joints, keypoints.shape[1])[:, self.flip_permutation].reshape(keypoints.shape)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("flip_permutation",)

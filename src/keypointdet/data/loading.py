@@ -4,6 +4,7 @@ and the settings chosen from the data and the machine (``"auto"`` input size and
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -16,6 +17,10 @@ from keypointdet.data.coco import CocoDetection
 from keypointdet.log import get_logger
 
 log = get_logger(__name__)
+
+# Lightning warns on every resume from within an epoch that a loader without state_dict() cannot resume there;
+# these loaders can (EpochSampler.resume, from the DataModule's state in the checkpoint).
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 AUTO = "auto"
 # the automatic input size never exceeds the papers' COCO size
@@ -89,9 +94,19 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self.resumed_epoch, self.samples_done = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, samples_done: int) -> None:
+        """Start at ``epoch``, of which the first ``samples_done`` pairs (over all ranks) were trained on before a
+        checkpoint written within it. In that epoch they come last, so the pairs before them are the ones an
+        uninterrupted run would continue with, on every rank (Lightning's distributed wrapper deals the sequence
+        out rank by rank, and pads it with its first pairs: a rotation keeps both), and the trainer, which counts
+        the epoch's batches from the checkpoint's, ends the epoch before reaching them."""
+        self.set_epoch(epoch)
+        self.resumed_epoch, self.samples_done = epoch, samples_done
 
     def __len__(self) -> int:
         return self.num_samples
@@ -100,4 +115,6 @@ class EpochSampler(Sampler[tuple[int, int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.num_samples)
         seeds = rng.integers(0, 2**32, size=self.num_samples)
-        return iter(zip(order.tolist(), seeds.tolist()))
+        pairs = list(zip(order.tolist(), seeds.tolist()))
+        done = self.samples_done if self.epoch == self.resumed_epoch else 0
+        return iter(pairs[done:] + pairs[:done])

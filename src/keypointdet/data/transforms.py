@@ -22,7 +22,6 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from keypointdet.boxes import letterbox_size, round_up
-from keypointdet.data.keypoints import MirrorJoints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +37,26 @@ IMAGENET_EIGENVECTORS = (
 PAPER_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 # what the crop's scale multiplies: the image's long side (CenterNet) or the input size (CornerNet)
 CROP_SIDES = ("long_side", "input_size")
+
+
+class MirrorJoints(A.HorizontalFlip):
+    """Horizontal flip whose keypoints move as boxes do in continuous pixels (``x -> width - x``; albumentations'
+    own maps pixel indices, ``width - 1 - x``) and swap left and right: the keypoints are ``J`` rows per object,
+    object after object, and row ``j`` of each object takes the mirrored point of joint ``flip_permutation[j]``
+    (with its visibility, a label column)."""
+
+    def __init__(self, flip_permutation: Sequence[int], p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.flip_permutation = list(flip_permutation)
+
+    def apply_to_keypoints(self, keypoints: np.ndarray, **params: Any) -> np.ndarray:
+        mirrored = keypoints.copy()
+        mirrored[:, 0] = params["shape"][1] - keypoints[:, 0]
+        num_joints = len(self.flip_permutation)
+        return mirrored.reshape(-1, num_joints, keypoints.shape[1])[:, self.flip_permutation].reshape(keypoints.shape)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("flip_permutation",)
 
 
 def _normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
