@@ -260,7 +260,9 @@ def cornernet_pairs(
     )
     pair_scores = torch.where(rejected, -1.0, (tl.scores.unsqueeze(2) + br.scores.unsqueeze(1)) / 2).flatten(1)
     scores, pairs = top_k(pair_scores, num_dets)
-    tl_pick, br_pick = torch.div(pairs, br.scores.shape[1], rounding_mode="floor"), pairs % br.scores.shape[1]
+    # pair = tl * K_br + br (a division, not %, which the ONNX exporter cannot take by a symbolic K_br)
+    tl_pick = torch.div(pairs, br.scores.shape[1], rounding_mode="floor")
+    br_pick = pairs - tl_pick * br.scores.shape[1]
     boxes = torch.stack(
         [tl_xs.gather(1, tl_pick), tl_ys.gather(1, tl_pick), br_xs.gather(1, br_pick), br_ys.gather(1, br_pick)], dim=-1
     )
