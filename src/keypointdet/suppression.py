@@ -156,15 +156,23 @@ def hard_nms_order(
 ) -> tuple[Tensor, Tensor]:
     """:func:`hard_nms` as ``(scores [B, K], order [B, K])``: the new scores and where each row's detections came
     from (``take(values, order)`` reorders whatever else the detections carry)."""
-    from torchvision.ops import batched_nms
+    from torchvision.ops import batched_nms, nms
 
     batch, k = scores.shape
     groups = labels if class_wise else torch.zeros_like(labels)
     # Every image its own groups: (image, label) -> image * (max label + 1) + label.
     groups = groups + torch.arange(batch, device=labels.device).unsqueeze(1) * (labels.max() + 1 if class_wise else 1)
-    precision = torch.float32 if torch.compiler.is_exporting() else torch.float64
-    flat_boxes, flat_scores = boxes.reshape(-1, 4).to(precision), scores.reshape(-1).to(precision)
-    keep = batched_nms(flat_boxes, flat_scores, groups.reshape(-1), iou_threshold)
+    exporting = torch.compiler.is_exporting()
+    flat_boxes, flat_scores = (value.to(torch.float32 if exporting else torch.float64) for value in (boxes, scores))
+    flat_boxes, flat_scores, flat_groups = flat_boxes.reshape(-1, 4), flat_scores.reshape(-1), groups.reshape(-1)
+    if exporting:
+        # batched_nms's own "coordinate trick" (each group shifted apart, one NMS), chosen here: batched_nms picks a
+        # strategy by the number of boxes, a branch on the batch size that a dynamic-batch export cannot keep.
+        # Shifted by the boxes' whole extent, so that negative coordinates cannot bring two groups together.
+        shift = flat_groups.to(flat_boxes.dtype) * (flat_boxes.max() - flat_boxes.min() + 1)
+        keep = nms(flat_boxes + shift.unsqueeze(1), flat_scores, iou_threshold)
+    else:
+        keep = batched_nms(flat_boxes, flat_scores, flat_groups, iou_threshold)
     kept = torch.zeros(batch * k, dtype=torch.bool, device=scores.device)
     kept = kept.scatter(0, keep, torch.ones_like(keep, dtype=torch.bool)).view(batch, k)
     return top_k(torch.where(kept, scores, torch.zeros_like(scores)), k)
