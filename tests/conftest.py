@@ -22,6 +22,24 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ["WANDB_MODE"] = "offline"
 
+# Parametrized cases run only with the slow tests (`make test-all`), to keep `make test` under 10 minutes on 2
+# cores; each has a sibling in `make test` that covers the same code path (the other detector, or another export).
+SLOW_CASES = {
+    # the CornerNet ONNX export (~45 s: the soft-NMS loop); CenterNet ONNX and CornerNet TorchScript stay
+    "test_export.py::test_exported_detections_equal_pytorch_at_any_batch_and_size[cornernet-onnx]",
+    # CornerNet's DDP gradient and eval CLI (~15 s each); CenterNet's stay, and CornerNet's DDP loss has unit tests
+    "test_ddp_train.py::test_two_processes_with_half_batches_give_the_gradient_of_one_process[cornernet]",
+    "test_eval_cli.py::test_eval_prints_the_coco_table_and_writes_metrics_and_full_precision_results[cornernet]",
+    # the training notebook (two short trainings, ~90 s); the notebook of targets and losses stays
+    "test_notebooks.py::test_notebook_runs[02_train_and_inspect.ipynb]",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.partition("/")[2] in SLOW_CASES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:

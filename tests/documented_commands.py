@@ -143,7 +143,7 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python train.py trainer=ddp trainer.devices=8 trainer.num_nodes=2": NotRun(
         "needs 2 nodes; its trainer keys are those of the 4-GPU command, which is run"
     ),
-    "python train.py trainer=ddp_cpu": (),
+    "python train.py trainer=ddp_cpu": Slow(),  # 2 processes (~30 s); DDP training is tested in test_ddp_train
     "python train.py -m model.loss.alpha=1,2,3 model.loss.beta=2,4": Slow(),
     "python train.py -m model=cornernet model.loss.pull_weight=0.05,0.1,0.2 model.loss.push_weight=0.05,0.1,0.2": Slow(),
     "python train.py -m hparams_search=centernet_optuna": ("hydra.sweeper.n_trials=2",),
@@ -193,7 +193,7 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python benchmarks/train_step.py --precision bf16-mixed": Slow(("--input-size", "64", "--batch-size", "2", "--steps", "1")),
     "python benchmarks/data_pipeline.py": ("--images", "2", "--input-size", "64", "--repeats", "1"),
     "python benchmarks/decode.py": NotRun(BENCHMARK),
-    "python benchmarks/inference.py": ("--quick",),  # a smoke test: CenterNet-ResNet18 at 64 px, one round
+    "python benchmarks/inference.py": Slow(("--quick",)),  # CenterNet-ResNet18 at 64 px, one round, ONNX: ~30 s
     "PYTHONPATH=src python benchmarks/corner_pool.py": (
         "--channels", "2", "--height", "8", "--width", "8", "--warmup", "0", "--repeats", "1"
     ),

@@ -71,6 +71,8 @@ def test_init_from_keeps_the_channels_of_classes_by_name(trained, tiny_dataset: 
     source = detector_from_checkpoint(load_checkpoint(checkpoint), checkpoint).eval()
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
+        # the layout of the source's (validation left the detector in inference.channels_last): same rounding
+        detector.to(memory_format=torch.contiguous_format)
         expected, actual = source(images)[-1]["heatmap"], detector.eval()(images)[-1]["heatmap"]
     for row, name in enumerate(detector.class_names):
         torch.testing.assert_close(actual[:, row], expected[:, source_names.index(name)], rtol=0, atol=0)
