@@ -1,12 +1,13 @@
 """Per-image inference latency of the detectors in every execution mode, with the decoder's time beside each.
 
     python benchmarks/inference.py [--models centernet_resnet18 ...] [--batch 1 8] [--input-size 512]
-                                   [--threads 2] [--rounds 3] [--quick]
+                                   [--threads 2] [--rounds 3] [--modes float32 ...] [--quick]
 
 Models (80 classes, randomly initialised: latency does not depend on the weights): CenterNet with ResNet-18
 (the paper's neck) and DLA-34, CornerNet with the 2-stack small hourglass and Hourglass-104. Modes: eager
 float32 (NCHW), channels_last, bf16 autocast, channels_last + bf16, ``torch.compile`` of the last one, and
-ONNX Runtime (float32, the raw-map export of ``keypointdet.export``, dynamic shapes). A mode that fails
+ONNX Runtime (float32, the raw-map export of ``keypointdet.export``, dynamic shapes); ``--modes`` picks some
+(bf16 is emulated, minutes per call for the large models, on CPUs without AVX512-BF16 / AMX). A mode that fails
 (an export or a compilation) is reported with its error and skipped. Decode: ``detector.decode`` on that
 mode's raw maps (the decoders compute in float32 whatever the forward's precision).
 
@@ -50,6 +51,8 @@ EAGER = {  # mode -> settings of the eager forward
     "channels_last + bf16": InferenceSettings("bf16", True),
 }
 COMPILED = "torch.compile (channels_last + bf16)"
+ONNX = "ONNX Runtime"
+MODES = (*EAGER, COMPILED, ONNX)
 
 
 def build(name: str, num_classes: int) -> KeypointDetector:
@@ -93,14 +96,16 @@ def forwards(detector: KeypointDetector, args: argparse.Namespace) -> dict[str, 
     """Every mode's ``images -> last stack's raw maps``; a mode that cannot be built (an export) maps to its error."""
     modes: dict[str, Callable | str] = {}
     for mode, settings in EAGER.items():
-        modes[mode] = lambda images, settings=settings: settings.forward(detector, images)[-1]
-    if not args.quick:  # compiled at its first call, where a failure is reported
+        if mode in args.modes:
+            modes[mode] = lambda images, settings=settings: settings.forward(detector, images)[-1]
+    if COMPILED in args.modes and not args.quick:  # compiled at its first call, where a failure is reported
         compiled = torch.compile(detector)
         modes[COMPILED] = lambda images: EAGER["channels_last + bf16"].forward(compiled, images)[-1]
-    try:
-        modes["ONNX Runtime"] = onnx_forward(EAGER["float32"].prepare(detector), args.threads, args.input_size)
-    except Exception as error:  # noqa: BLE001
-        modes["ONNX Runtime"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    if ONNX in args.modes:
+        try:
+            modes[ONNX] = onnx_forward(EAGER["float32"].prepare(detector), args.threads, args.input_size)
+        except Exception as error:  # noqa: BLE001
+            modes[ONNX] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     return modes
 
 
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:

@@ -2,8 +2,8 @@
 
     python benchmarks/train_layout.py [--steps 12] [--rounds 2] [overrides of conf/train.yaml ...]
 
-Each round trains the default run (``conf/train.yaml``: CenterNet ResNet-18, 128 px, batch 16, bf16 autocast,
-the real data pipeline) for ``--steps`` steps in each layout, alternating; it prints the median wall and CPU
+Each round trains the default run (``conf/train.yaml``: CenterNet ResNet-18, 128 px, batch 16, the precision of
+``trainer.precision: auto`` (float32 on a CPU without native bf16), the real data pipeline) for ``--steps`` steps in each layout, alternating; it prints the median wall and CPU
 time (``time.process_time``, all threads) of a Lightning training step, the first two steps of each run left
 out (warm-up). Any ``key=value`` argument overrides the training config (e.g. ``model=cornernet``).
 """

@@ -58,7 +58,6 @@ def documented_commands() -> dict[str, str]:
 
 
 SLURM = "needs a SLURM cluster (sbatch); the launcher's config is tested in tests/test_sweeps.py"
-BENCHMARK = "a benchmark (minutes of measurement), not a behaviour; run by hand, results in benchmarks/README.md"
 TEMPLATE = "a template in prose; its instances are run"
 # a paper recipe (trainer=ddp on GPUs, ImageNet trunk) on one CPU process, without a download
 RECIPE_ON_CPU = ("backbone.pretrained=false", "trainer.devices=1", "trainer.strategy=auto", "trainer.sync_batchnorm=false")
@@ -192,7 +191,7 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     # bf16 is emulated (minutes) on CPUs without AVX512-BF16; float32 (= make benchmark) runs in VARIANTS
     "python benchmarks/train_step.py --precision bf16-mixed": Slow(("--input-size", "64", "--batch-size", "2", "--steps", "1")),
     "python benchmarks/data_pipeline.py": ("--images", "2", "--input-size", "64", "--repeats", "1"),
-    "python benchmarks/decode.py": NotRun(BENCHMARK),
+    "python benchmarks/decode.py": ("--input-size", "64", "--num-classes", "4", "--repeats", "1"),
     "python benchmarks/inference.py": Slow(("--quick",)),  # CenterNet-ResNet18 at 64 px, one round, ONNX: ~30 s
     "PYTHONPATH=src python benchmarks/corner_pool.py": (
         "--channels", "2", "--height", "8", "--width", "8", "--warmup", "0", "--repeats", "1"

@@ -48,7 +48,9 @@ def test_validation_images_show_ground_truth_predictions_and_every_heatmap(compo
         dx, dy = batch["shift"].tolist()
         expected_gt.append((dataset.coco.cats[ann["category_id"]]["name"], x * sx + dx, y * sy + dy,
                             (x + w) * sx + dx, (y + h) * sy + dy))
-    detections = detect_batch(module.detector, collate([dataset[index] for index in range(3)]))[0]
+    # as validation ran it: in the inference settings' memory layout (float rounding differs between layouts)
+    module.inference.prepare(module.detector)
+    detections = detect_batch(module.detector, collate([dataset[index] for index in range(3)]), None, module.inference)[0]
     for logged in images.values():
         assert len(logged) == 3
         first = logged[0]
