@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -24,6 +25,8 @@ from timing import median_seconds
 
 from keypointdet.detectors import CenterNet, CornerNet
 from keypointdet.models.backbones.resnet import ResNet
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "backbone"
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     hourglass = "hourglass104" if args.hourglass104 else "hourglass_small"
-    backbone_cfg = OmegaConf.load(f"conf/backbone/{hourglass}.yaml")
+    backbone_cfg = OmegaConf.load(CONF / f"{hourglass}.yaml")
     detectors = {
         "CenterNet ResNet-18": CenterNet(ResNet(18), args.num_classes),
         f"CornerNet {hourglass}": CornerNet(instantiate(backbone_cfg), args.num_classes),

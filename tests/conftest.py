@@ -32,6 +32,8 @@ SLOW_CASES = {
     "test_eval_cli.py::test_eval_prints_the_coco_table_and_writes_metrics_and_full_precision_results[cornernet]",
     # the training notebook (two short trainings, ~90 s); the notebook of targets and losses stays
     "test_notebooks.py::test_notebook_runs[02_train_and_inspect.ipynb]",
+    # the converter's command line for CornerNet (~12 s); CenterNet's stays, CornerNet's conversion has unit tests
+    "test_convert_official.py::test_command_line_writes_a_checkpoint_that_load_detector_rebuilds[cornernet_hourglass_tiny]",
 }
 
 

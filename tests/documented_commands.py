@@ -185,13 +185,13 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     "python train.py experiment=centernet_pose_dla34_coco data.root=/data/coco2017": RECIPE_ON_CPU,
     # Results
     "python train.py model=cornernet": (),
-    "python benchmarks/short_schedule.py --backbone resnet18_skip": (
+    "python benchmarks/short_schedule.py --backbone resnet18_skip": Slow((  # ~18 s
         "--steps", "2", "data.root=data/synthetic", "data.batch_size=2", "data.input_size=64", "data.num_workers=0"
-    ),
+    )),
     # bf16 is emulated (minutes) on CPUs without AVX512-BF16; float32 (= make benchmark) runs in VARIANTS
     "python benchmarks/train_step.py --precision bf16-mixed": Slow(("--input-size", "64", "--batch-size", "2", "--steps", "1")),
     "python benchmarks/data_pipeline.py": ("--images", "2", "--input-size", "64", "--repeats", "1"),
-    "python benchmarks/decode.py": ("--input-size", "64", "--num-classes", "4", "--repeats", "1"),
+    "python benchmarks/decode.py": Slow(("--input-size", "64", "--num-classes", "4", "--repeats", "1")),  # ~10 s
     "python benchmarks/inference.py": Slow(("--quick",)),  # CenterNet-ResNet18 at 64 px, one round, ONNX: ~30 s
     "PYTHONPATH=src python benchmarks/corner_pool.py": (
         "--channels", "2", "--height", "8", "--width", "8", "--warmup", "0", "--repeats", "1"

@@ -49,6 +49,7 @@ def test_eval_prints_the_coco_table_and_writes_metrics_and_full_precision_result
     assert {f"val/{name}": value for name, value in recomputed.items()} == pytest.approx(metrics, abs=1e-7)
 
 
+@pytest.mark.slow  # a subprocess start-up (~14 s) for one message; config_checks tests the missing-file case in make test
 def test_eval_without_checkpoint_names_the_missing_argument(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "eval.py"), f"hydra.run.dir={tmp_path}"],
@@ -57,6 +58,7 @@ def test_eval_without_checkpoint_names_the_missing_argument(tmp_path):
     assert result.returncode != 0 and "ckpt_path=FILE" in result.stderr
 
 
+@pytest.mark.slow  # ~14 s; the documented predict commands on a folder run in make test
 def test_predict_cli_draws_every_image_of_a_folder(tiny_dataset, tmp_path):
     ckpt_path = tiny_checkpoint(tiny_dataset, tmp_path, "centernet")
     output = tmp_path / "drawn"

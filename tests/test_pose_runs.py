@@ -119,6 +119,7 @@ def test_a_skeleton_is_drawn_between_the_joints() -> None:
     assert np.array_equal(draw_detections(image, [detection], 0.95, skeleton=[[1, 2]]), image)
 
 
+@pytest.mark.slow  # an ONNX export (~35 s); the pose predict, eval and drawing paths stay in make test
 def test_the_end_to_end_onnx_export_outputs_the_keypoints(pose_run, tiny_pose_dataset: Path, tmp_path: Path) -> None:
     run_dir, _ = pose_run
     ckpt_path = sharpened(run_dir / "checkpoints" / "last.ckpt", tmp_path)

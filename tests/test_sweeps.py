@@ -40,6 +40,7 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file, delimiter="\t"))
 
 
+@pytest.mark.slow  # two training jobs (~21 s); the documented sweep and the NaN-job sweep run multiruns in make test
 def test_two_job_multirun_writes_each_job_and_its_wandb_run_grouped_by_sweep(tiny_dataset, tmp_path):
     sweep_dir = tmp_path / "alpha_sweep"
     result = multirun(tiny_dataset, sweep_dir, "logger=wandb", "model.loss.alpha=1,3")
