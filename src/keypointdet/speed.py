@@ -47,7 +47,11 @@ class InferenceSettings:
 
     def forward(self, detector: nn.Module, images: Tensor) -> list[dict[str, Tensor]]:
         """``detector(images)`` (``images [B, 3, H, W]``) in this precision and layout; the detector must have
-        been :meth:`prepare`-d."""
+        been :meth:`prepare`-d. The maps come back in the default (NCHW) layout: the decoders' peak search,
+        top-k and gathers run 2-2.5x slower on channels-last maps (``benchmarks/README.md``)."""
         images = images.contiguous(memory_format=memory_format(self.channels_last))
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return detector(images)
+            stacks = detector(images)
+        if not self.channels_last:
+            return stacks
+        return [{name: value.contiguous() for name, value in outputs.items()} for outputs in stacks]
