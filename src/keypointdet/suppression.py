@@ -163,8 +163,9 @@ def hard_nms_order(
     # Every image its own groups: (image, label) -> image * (max label + 1) + label.
     groups = groups + torch.arange(batch, device=labels.device).unsqueeze(1) * (labels.max() + 1 if class_wise else 1)
     exporting = torch.compiler.is_exporting()
-    flat_boxes, flat_scores = (value.to(torch.float32 if exporting else torch.float64) for value in (boxes, scores))
-    flat_boxes, flat_scores, flat_groups = flat_boxes.reshape(-1, 4), flat_scores.reshape(-1), groups.reshape(-1)
+    precision = torch.float32 if exporting else torch.float64
+    flat_boxes, flat_scores = boxes.reshape(-1, 4).to(precision), scores.reshape(-1).to(precision)
+    flat_groups = groups.reshape(-1)
     if exporting:
         # batched_nms's own "coordinate trick" (each group shifted apart, one NMS), chosen here: batched_nms picks a
         # strategy by the number of boxes, a branch on the batch size that a dynamic-batch export cannot keep.
