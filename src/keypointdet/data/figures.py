@@ -1,10 +1,13 @@
 """Articulated figures for the embedded pose dataset: the keypoint set, random poses, and the body drawn as
 polygons (:mod:`keypointdet.data.pose_scenes` composes them into images).
 
-A figure is built facing the viewer, so its own left is on the image's right (+x), as COCO's "left"; half of
-the figures are then mirrored (seen from behind, or turned around), which puts their left on the image's
-left. Left and right limbs stay distinguishable: the limbs of the figure's left side are always drawn darker
-than its body colour and the limbs of its right side lighter (:func:`shade_colours`), whatever the facing.
+Every figure faces the viewer, so its own left is on the image's right (+x), as COCO's "left" of a person
+seen from the front; what tells left from right is the body (which shoulder and hip a limb hangs from), as
+for people. Nothing is painted by side: the arm and the leg drawn behind the other are darker than the body
+colour, the ones in front lighter (:func:`shade_colours`). So a horizontal flip that swaps the ``left_`` and
+``right_`` labels (training augmentation, flip test) gives another figure of the same kind: the labels stay
+learnable under the flip. (Figures seen from behind would have their left on the image's left, and nothing
+but a face this small could tell them apart.)
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ SKELETON: list[list[int]] = [
 # (left, right) joint indices, 0-based, swapped by a horizontal flip
 FLIP_PAIRS: list[list[int]] = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]]
 HEAD = 0  # the head's joint index
-BODY, LEFT, RIGHT = 0, 1, 2  # shades of the parts: torso, neck and head; the left limbs; the right limbs
+BODY, BACK, FRONT = 0, 1, 2  # shades of the parts: torso, neck and head; the limbs behind; the limbs in front
 
 # Proportions as fractions of the nominal standing height (ankles to the top of the head), each length jittered
 # per figure; widths are diameters. Roughly human, with limbs thick enough to be seen at 40 px.
@@ -43,7 +46,7 @@ _LEAN, _NECK_TILT = 20.0, 20.0
 _ARM_RAISE, _ELBOW_BEND = (-20.0, 170.0), 140.0
 _LEG_SPREAD, _KNEE_BEND = (-15.0, 45.0), 110.0
 _TURN = (0.55, 1.0)  # shoulders and hips narrow as the figure turns sideways
-_SHADE = 0.4  # left limbs: the body colour 40 % of the way to black; right limbs: 40 % of the way to white
+_SHADE = 0.4  # limbs behind: the body colour 40 % of the way to black; limbs in front: 40 % of the way to white
 _ARC_POINTS = 8  # points on each rounded end of a limb
 
 
@@ -60,13 +63,13 @@ class _Side(NamedTuple):
     ankle: int
 
 
-_SIDES = {LEFT: _Side(1.0, 1, 3, 5, 7, 9, 11), RIGHT: _Side(-1.0, 2, 4, 6, 8, 10, 12)}
+_LEFT, _RIGHT = _Side(1.0, 1, 3, 5, 7, 9, 11), _Side(-1.0, 2, 4, 6, 8, 10, 12)
 
 
 @dataclass(frozen=True)
 class Figure:
     """A posed figure: joints ``(J, 2)`` (x, y) in :data:`KEYPOINT_NAMES` order and its body parts in drawing
-    order, each an outline ``(N, 2)`` with its shade (:data:`BODY`, :data:`LEFT`, :data:`RIGHT`)."""
+    order, each an outline ``(N, 2)`` with its shade (:data:`BODY`, :data:`BACK`, :data:`FRONT`)."""
 
     joints: np.ndarray
     parts: list[tuple[np.ndarray, int]]
@@ -95,11 +98,11 @@ def _capsule(start: np.ndarray, end: np.ndarray, width: float) -> np.ndarray:
 
 
 def _limbs(
-    rng: np.random.Generator, joints: np.ndarray, side: int, lengths: dict[str, float], lean: float, width: float
-) -> tuple[list[tuple[np.ndarray, int]], list[tuple[np.ndarray, int]]]:
+    rng: np.random.Generator, joints: np.ndarray, side: _Side, lengths: dict[str, float], lean: float, width: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Place one side's elbow, wrist, knee and ankle in ``joints`` (its shoulder and hip already placed; arms
-    turn with the torso's ``lean``, legs from the vertical); return the side's arm parts and leg parts."""
-    sign, shoulder, elbow, wrist, hip, knee, ankle = _SIDES[side]  # one side's joint indices
+    turn with the torso's ``lean``, legs from the vertical); return the outlines of the side's arm and leg."""
+    sign, shoulder, elbow, wrist, hip, knee, ankle = side  # one side's joint indices
     raised = rng.uniform(*_ARM_RAISE)
     bend = rng.choice([-1.0, 1.0]) * rng.uniform(0, _ELBOW_BEND)
     joints[elbow] = joints[shoulder] + lengths["upper_arm"] * _direction(lean + sign * raised)
@@ -110,16 +113,25 @@ def _limbs(
     joints[ankle] = joints[knee] + lengths["shin"] * _direction(sign * (spread + knee_bend))
     toe = joints[ankle] + [sign * lengths["foot"], 0.0]  # feet point outwards
     arm = [
-        (_capsule(joints[shoulder], joints[elbow], _UPPER_ARM_WIDTH * width), side),
-        (_capsule(joints[elbow], joints[wrist], _FOREARM_WIDTH * width), side),
-        (_capsule(joints[wrist], joints[wrist], _HAND_WIDTH * width), side),
+        _capsule(joints[shoulder], joints[elbow], _UPPER_ARM_WIDTH * width),
+        _capsule(joints[elbow], joints[wrist], _FOREARM_WIDTH * width),
+        _capsule(joints[wrist], joints[wrist], _HAND_WIDTH * width),
     ]
     leg = [
-        (_capsule(joints[hip], joints[knee], _THIGH_WIDTH * width), side),
-        (_capsule(joints[knee], joints[ankle], _SHIN_WIDTH * width), side),
-        (_capsule(joints[ankle], toe, _FOOT_WIDTH * width), side),
+        _capsule(joints[hip], joints[knee], _THIGH_WIDTH * width),
+        _capsule(joints[knee], joints[ankle], _SHIN_WIDTH * width),
+        _capsule(joints[ankle], toe, _FOOT_WIDTH * width),
     ]
     return arm, leg
+
+
+def _in_depth(
+    rng: np.random.Generator, left: list[np.ndarray], right: list[np.ndarray]
+) -> list[tuple[np.ndarray, int]]:
+    """A pair of limbs in drawing order, either side in front: the parts of the one behind shaded :data:`BACK`,
+    of the one in front :data:`FRONT`."""
+    behind, in_front = (left, right) if rng.random() < 0.5 else (right, left)
+    return [(outline, BACK) for outline in behind] + [(outline, FRONT) for outline in in_front]
 
 
 def sample_figure(rng: np.random.Generator, height: float) -> Figure:
@@ -135,31 +147,21 @@ def sample_figure(rng: np.random.Generator, height: float) -> Figure:
     neck = lengths["torso"] * up
     joints = np.zeros((len(KEYPOINT_NAMES), 2))
     joints[HEAD] = neck - lengths["neck"] * _direction(lean + rng.uniform(-_NECK_TILT, _NECK_TILT))
-    for side in _SIDES.values():
+    for side in (_LEFT, _RIGHT):
         joints[side.shoulder] = neck + side.sign * _SHOULDER_HALF * height * turn * across
         joints[side.hip] = [side.sign * _HIP_HALF * height * turn, 0.0]
-    left_arm, left_leg = _limbs(rng, joints, LEFT, lengths, lean, width)
-    right_arm, right_leg = _limbs(rng, joints, RIGHT, lengths, lean, width)
-    left, right = _SIDES[LEFT], _SIDES[RIGHT]
-    shoulders_and_hips = [left.shoulder, right.shoulder, right.hip, left.hip]
+    left_arm, left_leg = _limbs(rng, joints, _LEFT, lengths, lean, width)
+    right_arm, right_leg = _limbs(rng, joints, _RIGHT, lengths, lean, width)
+    shoulders_and_hips = [_LEFT.shoulder, _RIGHT.shoulder, _RIGHT.hip, _LEFT.hip]
     head_width = 2 * _HEAD_RADIUS * height * rng.uniform(*_LENGTH_JITTER)
     body = [
         (joints[shoulders_and_hips], BODY),
         (_capsule(neck, joints[HEAD], _NECK_WIDTH * width), BODY),
         (_capsule(joints[HEAD], joints[HEAD], head_width), BODY),
     ]
-    legs, arms = [left_leg, right_leg], [left_arm, right_arm]
-    if rng.random() < 0.5:  # which leg is in front
-        legs.reverse()
-    if rng.random() < 0.5:  # which arm is in front
-        arms.reverse()
-    figure = Figure(joints, [*legs[0], *legs[1], *body, *arms[0], *arms[1]])
-    if rng.random() < 0.5:  # mirrored: the figure's left on the image's left
-        flip = np.array([-1.0, 1.0])
-        figure = Figure(figure.joints * flip, [(outline * flip, shade) for outline, shade in figure.parts])
-    return figure
+    return Figure(joints, [*_in_depth(rng, left_leg, right_leg), *body, *_in_depth(rng, left_arm, right_arm)])
 
 
 def shade_colours(body: np.ndarray) -> np.ndarray:
-    """``[3, 3]`` RGB colours of the shades :data:`BODY`, :data:`LEFT` (darker), :data:`RIGHT` (lighter)."""
+    """``[3, 3]`` RGB colours of the shades :data:`BODY`, :data:`BACK` (darker), :data:`FRONT` (lighter)."""
     return np.stack([body, body * (1 - _SHADE), body + _SHADE * (255 - body)]).astype(np.float32)

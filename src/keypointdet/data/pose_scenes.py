@@ -4,7 +4,7 @@ them to files).
 Every image has a textured background (:mod:`keypointdet.data.backgrounds`) with figures
 (:mod:`keypointdet.data.figures`) drawn in depth order, sometimes with an occluding rectangle among them.
 Parts are rasterised with 4x4 supersampling (anti-aliased), each figure in a body colour picked to contrast
-with its surroundings, its left limbs darker and its right limbs lighter.
+with its surroundings, the arm and leg behind darker and those in front lighter.
 
 Coordinates are continuous with pixel i spanning [i, i + 1), as the shapes dataset's boxes: a joint at
 (x, y) lies in pixel (floor(x), floor(y)), and a pixel's centre is at (i + 0.5, j + 0.5).
