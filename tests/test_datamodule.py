@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -216,3 +217,37 @@ def test_a_resumed_sampler_deals_every_rank_the_rest_of_its_epoch(world_size):
         uninterrupted.set_epoch(epoch)
         resumed.set_epoch(epoch)
         assert list(resumed) == list(uninterrupted)
+
+
+@pytest.mark.parametrize(
+    ("generator", "settings", "other"),
+    [("shapes", {"image_size": [40, 48], "max_objects": 2}, {"max_objects": 3}),
+     ("pose", {"image_size": 48, "figure_height": [30, 40]}, {"figure_height": [30, 44]})],
+)  # fmt: skip
+def test_a_generated_dataset_is_kept_and_a_differently_generated_one_is_reported(
+    tmp_path, caplog, monkeypatch, generator, settings, other
+):
+    """Generated when missing; then never overwritten, but a warning naming the file when the settings asked for
+    (defaults included), the generator's version or the record itself (an earlier release's dataset) differ."""
+    train = tmp_path / "train.json"
+
+    def prepare(settings):
+        caplog.clear()
+        data = DetectionDataModule(root=str(tmp_path), train_ann=str(train), val_ann=str(tmp_path / "val.json"),
+                                   generate=settings, generator=generator)  # fmt: skip
+        data.prepare_data()
+        return train.stat().st_mtime_ns, "was not generated with data.generate" in caplog.text
+
+    first = {"num_train": 2, "num_val": 1, "seed": 0, **settings}
+    written, warned = prepare(first)
+    assert json.loads(train.read_text())["images"] and not warned
+    spelled_out = {**first, "min_visible_joints": 3} if generator == "pose" else {**first, "min_object": 6}
+    assert prepare(spelled_out) == (written, False)
+    assert prepare({**first, **other}) == (written, True) and str(train) in caplog.text
+    generators = {"shapes": "keypointdet.data.synthetic", "pose": "keypointdet.data.synthetic_pose"}
+    with monkeypatch.context() as patched:
+        patched.setattr(f"{generators[generator]}.GENERATOR_VERSION", 99)
+        assert prepare(first) == (written, True)
+    document = json.loads(train.read_text())
+    train.write_text(json.dumps({key: value for key, value in document.items() if key != "info"}))
+    assert prepare(first)[1]

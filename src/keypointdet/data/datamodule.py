@@ -34,7 +34,7 @@ from keypointdet.data.loading import (  # collate, EpochSampler and the auto rul
     collate,
     loader_settings,
 )
-from keypointdet.data.synthetic import generate_dataset
+from keypointdet.data.synthetic import generate_dataset, generation_record, recorded_generation
 from keypointdet.data.synthetic_pose import generate_pose_dataset
 from keypointdet.data.transforms import (
     EVAL_RESIZES,
@@ -241,7 +241,8 @@ class DetectionDataModule(BaseDetectionDataModule):
             ``{split}2017/``) it is all that is needed; explicit ``*_ann`` / ``*_img_dir`` override it.
         annotation_prefix: ``instances`` (boxes) or ``person_keypoints`` (COCO keypoints) in that layout.
         generate: keyword arguments of the embedded dataset's generator; when given, the dataset is generated
-            into ``root`` on first use.
+            into ``root`` on first use (a dataset already there and generated otherwise is used as it is, with a
+            warning).
         generator: which embedded dataset: ``shapes`` (:func:`keypointdet.data.synthetic.generate_dataset`) or
             ``pose`` (:func:`keypointdet.data.synthetic_pose.generate_pose_dataset`).
         **kwargs: see :class:`BaseDetectionDataModule`.
@@ -277,9 +278,24 @@ class DetectionDataModule(BaseDetectionDataModule):
         return root / default
 
     def prepare_data(self) -> None:
-        """Generate the embedded dataset when it is configured and not there yet."""
-        if self.hparams.generate is not None and not (self.train_ann.is_file() and self.val_ann.is_file()):
-            GENERATORS[self.hparams.generator](self.train_ann.parent, **self.hparams.generate)
+        """Generate the embedded dataset when it is configured and not there yet. A dataset already there is
+        never overwritten: when its files' ``info.generated_by`` differs from what ``data.generate`` asks for
+        (other settings, another version of the generator, or no record: an earlier release's or not generated),
+        a warning says so and how to generate it again."""
+        if self.hparams.generate is None:
+            return
+        generator, settings = GENERATORS[self.hparams.generator], dict(self.hparams.generate)
+        if not (self.train_ann.is_file() and self.val_ann.is_file()):
+            generator(self.train_ann.parent, **settings)
+            return
+        wanted = generation_record(generator, settings)
+        recorded = recorded_generation(self.train_ann)
+        if recorded != wanted:
+            log.warning(
+                f"{self.train_ann} was not generated with data.generate (recorded generation: {recorded}; "
+                f"data.generate asks for {wanted}): training on it as it is. To generate the dataset asked for, "
+                f"delete {self.train_ann.parent} or set data.root to another folder"
+            )
 
     def categories(self) -> list[dict[str, Any]]:
         """The categories of ``train_ann`` (call :meth:`prepare_data` first for the embedded dataset)."""

@@ -8,16 +8,20 @@ Layout written by :func:`generate_dataset`::
     out/val/000000.png ...     out/val.json
 
 The JSON files are written last and atomically, so their presence means the
-dataset is complete.
+dataset is complete. Their ``info.generated_by`` records the generator, its version and every setting
+(:func:`generation_record`): a DataModule warns when the record of a dataset it finds differs from what it
+asks for.
 
 ``python -m keypointdet.data.synthetic out=DIR [num_train=N num_val=N seed=S ...]`` (``conf/synthetic.yaml``).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ from keypointdet.io import write_text_atomically
 from keypointdet.runs import hydra_main
 
 SPLITS: tuple[str, ...] = ("train", "val")
+# raised whenever the same settings would draw other images (recorded in the annotation files)
+GENERATOR_VERSION = 1
 # an image's rendering from its own generator: the RGB uint8 image and its COCO annotations without ids
 Render = Callable[[np.random.Generator], tuple[np.ndarray, list[dict[str, Any]]]]
 
@@ -54,18 +60,47 @@ def _write_split(out: Path, split: str, count: int, seed: int, render: Render, i
     return {"images": images, "annotations": annotations}
 
 
+def generation_record(generator: Callable[..., Any], arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """What an embedded dataset's annotation files record of their making (``info.generated_by``): the generator,
+    its module's ``GENERATOR_VERSION`` and every setting of ``arguments`` but the output folder (the generator's
+    first parameter), defaults included, as JSON values."""
+    signature = inspect.signature(generator)
+    output, *parameters = signature.parameters
+    bound = signature.bind_partial(**{name: value for name, value in arguments.items() if name in parameters})
+    bound.apply_defaults()
+    record = {
+        "generator": f"{generator.__module__}.{generator.__qualname__}",
+        "version": sys.modules[generator.__module__].GENERATOR_VERSION,
+        "settings": dict(bound.arguments),
+    }
+    return json.loads(json.dumps(record))
+
+
+def recorded_generation(path: Path) -> dict[str, Any] | None:
+    """The ``info.generated_by`` record of an annotation file; None when the file is missing, unreadable or was
+    written without one (by an earlier version)."""
+    try:
+        info = json.loads(path.read_text()).get("info")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return info.get("generated_by") if isinstance(info, dict) else None
+
+
 def write_coco_dataset(
-    out: Path, sizes: dict[str, int], seed: int, render: Render, categories: list[dict], image_path: str
-) -> dict[str, Path]:
+    out: Path, sizes: dict[str, int], seed: int, render: Render, categories: list[dict], image_path: str,
+    record: dict[str, Any],
+) -> dict[str, Path]:  # fmt: skip
     """Render ``sizes[split]`` images per split of :data:`SPLITS`, save them to ``out / image_path`` (formatted
     with ``split`` and ``index``; the JSON ``file_name`` is the file's name) and write ``out/<split>.json``
-    last and atomically; return ``{split: annotation JSON path}``."""
+    last and atomically, with the generator's ``record`` as ``info.generated_by``; return ``{split: annotation
+    JSON path}``."""
     paths = {split: out / f"{split}.json" for split in sizes}
     for path in paths.values():
         path.unlink(missing_ok=True)  # a previous run's index must not vouch for images being rewritten
     splits = {split: _write_split(out, split, count, seed, render, image_path) for split, count in sizes.items()}
     for split, data in splits.items():
-        write_text_atomically(paths[split], json.dumps({**data, "categories": categories}))
+        document = {"info": {"generated_by": record}, **data, "categories": categories}
+        write_text_atomically(paths[split], json.dumps(document))
     return paths
 
 
@@ -101,6 +136,7 @@ def generate_dataset(
         max_objects: Objects per image are drawn uniformly from 1..max_objects (fewer if placements fail).
         max_covered: Largest fraction of an object that later objects may hide.
     """
+    record = generation_record(generate_dataset, locals())
     low, high = image_size
     if not 0 < low <= high:
         raise ValueError(f"image_size must be (min, max) with 0 < min <= max, got {image_size}")
@@ -114,7 +150,7 @@ def generate_dataset(
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
     render = partial(_render_shapes, config=config)
     sizes = {"train": num_train, "val": num_val}
-    return write_coco_dataset(Path(out), sizes, seed, render, categories, image_path="{split}/{index:06d}.png")
+    return write_coco_dataset(Path(out), sizes, seed, render, categories, "{split}/{index:06d}.png", record)
 
 
 def summarize(path: str | Path) -> str:

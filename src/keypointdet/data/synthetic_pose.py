@@ -32,10 +32,14 @@ from omegaconf import DictConfig
 
 from keypointdet.data.figures import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 from keypointdet.data.pose_scenes import DrawnItem, PoseSceneConfig, render_pose_scene
-from keypointdet.data.synthetic import SPLITS, generator_settings, write_coco_dataset
+from keypointdet.data.synthetic import SPLITS, generation_record, generator_settings, write_coco_dataset
 from keypointdet.runs import hydra_main
 
 __all__ = ["FLIP_PAIRS", "KEYPOINT_NAMES", "SIGMAS", "SKELETON", "generate_pose_dataset", "summarize"]
+
+# raised whenever the same settings would draw other images (recorded in the annotation files). 2: every figure
+# faces the viewer, limbs shaded by depth (1 mirrored half of them and shaded the left limbs darker)
+GENERATOR_VERSION = 2
 
 # OKS sigmas of the joints, COCO's for the body joints (shoulders .079, elbows .072, wrists .062, hips .107,
 # knees .087, ankles .089). The head: our choice of .079, COCO having no head-centre joint (its face joints
@@ -78,12 +82,12 @@ class _FigureRenderer:
 
 def generate_pose_dataset(
     root: str | Path,
-    num_train: int = 2000,
+    num_train: int = 3000,
     num_val: int = 250,
     seed: int = 0,
     image_size: int = 128,
     figures_per_image: tuple[int, int] = (1, 4),
-    figure_height: tuple[float, float] = (40.0, 110.0),
+    figure_height: tuple[float, float] = (56.0, 110.0),
     min_visible_joints: int = 3,
     min_box: float = 8.0,
     max_covered: float = 0.5,
@@ -107,6 +111,7 @@ def generate_pose_dataset(
         truncation_probability: Chance that a figure may cross the image border (by up to half its size).
         occluder_probability: Chance that an image has an occluding rectangle, at a random depth.
     """
+    record = generation_record(generate_pose_dataset, locals())
     low, high = figures_per_image
     if not (1 <= low <= high and 0 < figure_height[0] <= figure_height[1] <= image_size):
         raise ValueError(f"need 1 <= figures_per_image {figures_per_image} and 0 < figure_height {figure_height} "
@@ -121,7 +126,7 @@ def generate_pose_dataset(
     )  # fmt: skip
     render = _FigureRenderer(config)
     sizes = {"train": num_train, "val": num_val}
-    write_coco_dataset(Path(root), sizes, seed, render, [CATEGORY], image_path="images/{split}_{index:06d}.png")
+    write_coco_dataset(Path(root), sizes, seed, render, [CATEGORY], "images/{split}_{index:06d}.png", record)
     _LOG.info(f"{render.skipped} figures could not be placed (occlusion, truncation, box size) and were not drawn")
 
 
