@@ -17,11 +17,13 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from keypointdet.data import synthetic_pose
-from keypointdet.drawing import draw_detections
+from keypointdet.callbacks import WandbValidationImages, denormalise
+from keypointdet.data.datamodule import collate
+from keypointdet.drawing import draw_detections, draw_keypoints
 from keypointdet.export import export
-from keypointdet.inference import load_detector, predict, skeleton
+from keypointdet.inference import detect_batch, load_detector, predict, skeleton
 from keypointdet.runs.predict import predict_files
-from keypointdet.runs.train import train
+from keypointdet.runs.train import build, train
 from keypointdet.runtime import OnnxDetector
 
 
@@ -117,6 +119,51 @@ def test_a_skeleton_is_drawn_between_the_joints() -> None:
     assert not without[20, 30].any() and drawn[20, 30].any()  # the limb's middle
     assert without[20, 10].any() and without[32, 30].any()  # every joint's dot
     assert np.array_equal(draw_detections(image, [detection], 0.95, skeleton=[[1, 2]]), image)
+
+
+def test_annotated_poses_are_drawn_only_where_labelled() -> None:
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    keypoints = np.array([[[10.0, 20.0, 2], [50.0, 20.0, 1], [0.0, 0.0, 0], [30.0, 32.0, 2]]])
+    drawn = draw_keypoints(image, keypoints, skeleton=[[1, 2], [2, 3], [3, 4]], color=(0, 200, 0))
+    assert (drawn[20, 10] == (0, 200, 0)).all() and (drawn[20, 50] == (0, 200, 0)).all()  # labelled joints
+    assert (drawn[20, 30] == (0, 200, 0)).all()  # the limb between two labelled joints
+    assert not drawn[0:3, 0:3].any() and not drawn[16, 15:25].any()  # not the unlabelled joint, nor its limbs
+    assert not drawn[31, 25:27].any() and (drawn[32, 30] == (0, 200, 0)).all()
+
+
+def test_validation_images_draw_the_true_and_the_predicted_skeletons(tiny_pose_dataset: Path, tmp_path: Path) -> None:
+    """The W&B images of a pose model: besides the heatmaps, the input with the ground-truth skeletons in white and
+    the detections' in magenta, at their joints mapped to input pixels (naively, from the annotations and from
+    the detections of an independent forward pass)."""
+    datamodule, module, _ = build(compose_tiny(tiny_pose_dataset, tmp_path, "centernet_pose"))
+    datamodule.setup("validate")
+    dataset = datamodule.val_dataset
+    module.eval()
+    module.inference.prepare(module.detector)  # validation's layout
+    truth_only = WandbValidationImages(num_images=2, min_score=2.0).render(module, dataset)
+    images = WandbValidationImages(num_images=2, min_score=0.0).render(module, dataset)
+    assert sorted(images) == ["val/images/heatmap", "val/images/joint_heatmap", "val/images/keypoints"]
+    detections = detect_batch(module.detector, collate([dataset[0], dataset[1]]), None, module.inference)
+    white, magenta = (255, 255, 255), (255, 0, 255)
+    for index in range(2):
+        sample = dataset[index]
+        scale, shift = sample["scale"].numpy(), sample["shift"].numpy()
+        picture = np.asarray(truth_only["val/images/keypoints"][index].image)
+        normalised = sample["image"][None]
+        plain = denormalise(normalised, dataset.transform.mean, dataset.transform.std)[0].permute(1, 2, 0).numpy()
+        plain = (plain * 255).round().astype(np.uint8)
+        annotated = dataset.coco.imgToAnns[dataset.image_ids[index]]
+        truth = [(np.array(ann["keypoints"]).reshape(-1, 3)) for ann in annotated]
+        for joints in truth:
+            for x, y in joints[joints[:, 2] > 0, :2] * scale + shift:
+                assert tuple(picture[int(y), int(x)]) == white
+        untouched = (picture != white).any(axis=2)  # all but the white skeletons: the input itself
+        assert untouched.mean() > 0.5 and (picture[untouched] == plain[untouched]).all()
+        overlaid = np.asarray(images["val/images/keypoints"][index].image)
+        for detection in detections[index]:
+            for x, y in np.array(detection["keypoints"]).reshape(-1, 3)[:, :2] * scale + shift:
+                if 0 <= x < picture.shape[1] and 0 <= y < picture.shape[0]:
+                    assert tuple(overlaid[int(y), int(x)]) == magenta
 
 
 @pytest.mark.slow  # an ONNX export (~35 s); the pose predict, eval and drawing paths stay in make test

@@ -23,9 +23,12 @@ from torch import Tensor
 from keypointdet.boxes import BoxMapping
 from keypointdet.data.coco import CocoDetection
 from keypointdet.data.datamodule import collate
+from keypointdet.data.keypoints import KeypointSet
+from keypointdet.drawing import draw_keypoints
 from keypointdet.log import get_logger
 
 log = get_logger(__name__)
+PREDICTED = (255, 0, 255)  # the colour of the predicted skeletons in the validation images
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -100,7 +103,9 @@ class WandbValidationImages(pl.Callback):
     name ends with ``heatmap`` (CenterNet: ``heatmap``; CornerNet: ``tl_heatmap``, ``br_heatmap``), one
     W&B image per validation image is logged under ``val/images/<name>``: the network input with the
     predicted probabilities (max over classes) overlaid, and two box layers, ``ground_truth`` and
-    ``predictions`` (class name and score; W&B's slider filters them by score). Does nothing without a
+    ``predictions`` (class name and score; W&B's slider filters them by score). A pose detector's images also go
+    to ``val/images/keypoints``: the input with the ground-truth skeletons drawn in white and the predicted ones
+    (detections scoring at least ``min_score``) in magenta, with the same box layers. Does nothing without a
     W&B logger.
 
     Args:
@@ -146,8 +151,7 @@ class WandbValidationImages(pl.Callback):
         was_training = detector.training
         detector.eval()
         outputs = detector(batch["image"].to(model.device))[-1]
-        # (a pose detector's keypoints, after the labels, are not drawn)
-        boxes, scores, labels, *_ = (value.cpu() for value in detector.decode(outputs))
+        boxes, scores, labels, *keypoints = (value.cpu() for value in detector.decode(outputs))
         detector.train(was_training)
 
         pictures = denormalise(batch["image"], dataset.transform.mean, dataset.transform.std)
@@ -167,6 +171,12 @@ class WandbValidationImages(pl.Callback):
             )
 
         logged = {}
+        if keypoints:
+            poses = self._poses(pictures, batch, dataset, keypoints[0] * detector.stride, scores, detector.keypoints)
+            logged["val/images/keypoints"] = [
+                wandb.Image(picture, boxes=layers, caption=f"image {image_id}")
+                for picture, layers, image_id in zip(poses, image_boxes, batch["image_id"].tolist())
+            ]
         for name in sorted(key for key in outputs if key.endswith("heatmap")):
             probability = outputs[name].float().sigmoid().amax(dim=1, keepdim=True).cpu()
             probability = F.interpolate(probability, size=pictures.shape[-2:], mode="bilinear", align_corners=False)
@@ -176,6 +186,24 @@ class WandbValidationImages(pl.Callback):
                 for picture, layers, image_id in zip(overlaid, image_boxes, batch["image_id"].tolist())
             ]
         return logged
+
+    def _poses(
+        self, pictures: Tensor, batch: dict[str, Tensor], dataset: CocoDetection, keypoints: Tensor, scores: Tensor,
+        keypoint_set: KeypointSet,
+    ) -> list[np.ndarray]:  # fmt: skip
+        """``pictures`` as uint8 ``[H, W, 3]`` with the ground-truth skeletons (white) and, over them, the skeletons
+        of the detections scoring at least ``min_score`` (``keypoints [B, K, J, 3]`` in input pixels)."""
+        images = (pictures.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        drawn = []
+        for index, image_id in enumerate(batch["image_id"].tolist()):
+            truth = dataset.keypoints(image_id).copy()
+            truth[..., :2] = truth[..., :2] * batch["scale"][index].numpy() + batch["shift"][index].numpy()
+            kept = (scores[index] > 0) & (scores[index] >= self.min_score)
+            image = draw_keypoints(images[index], truth, keypoint_set.skeleton)
+            predicted = keypoints[index][kept].numpy().copy()
+            predicted[..., 2] = 1  # every joint of a kept detection is drawn, whatever its score
+            drawn.append(draw_keypoints(image, predicted, keypoint_set.skeleton, PREDICTED))
+        return drawn
 
     @staticmethod
     def _layer(boxes: Tensor, labels: Tensor, scores: Tensor | None, class_labels: dict[int, str]) -> dict[str, Any]:

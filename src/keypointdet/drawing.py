@@ -56,13 +56,34 @@ def draw_detections(
     return np.asarray(canvas)
 
 
-def _draw_pose(draw: ImageDraw.ImageDraw, keypoints: Sequence[float], skeleton: Sequence[Sequence[int]], color) -> None:
-    """The joints ``[x1, y1, s1, ...]`` as dots and the ``skeleton``'s limbs between them as lines."""
+def draw_keypoints(
+    image: ImageInput, keypoints: np.ndarray, skeleton: Sequence[Sequence[int]] = (),
+    color: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:  # fmt: skip
+    """``image`` with annotated poses drawn on it in ``color`` (e.g. the ground truth under the predictions): the
+    labelled joints (visibility > 0) of ``keypoints [N, J, 3]`` (x, y, visibility, COCO's) as dots and the limbs of
+    ``skeleton`` whose two joints are labelled as lines; returns uint8 RGB ``[H, W, 3]``."""
+    canvas = Image.fromarray(to_rgb_array(image).copy())
+    draw = ImageDraw.Draw(canvas)
+    for pose in np.asarray(keypoints, dtype=np.float64).reshape(-1, *np.shape(keypoints)[-2:]):
+        _draw_pose(draw, pose.reshape(-1).tolist(), skeleton, color, labelled=pose[:, 2] > 0)
+    return np.asarray(canvas)
+
+
+def _draw_pose(
+    draw: ImageDraw.ImageDraw, keypoints: Sequence[float], skeleton: Sequence[Sequence[int]], color,
+    labelled: Sequence[bool] | None = None,
+) -> None:  # fmt: skip
+    """The joints ``[x1, y1, s1, ...]`` as dots and the ``skeleton``'s limbs between them as lines (only the
+    ``labelled`` joints and the limbs between two of them, when given)."""
     points = list(zip(keypoints[0::3], keypoints[1::3]))
+    shown = [True] * len(points) if labelled is None else list(labelled)
     for first, second in skeleton:
-        draw.line([points[first - 1], points[second - 1]], fill=color, width=BOX_WIDTH)
-    for x, y in points:
-        draw.ellipse((x - JOINT_RADIUS, y - JOINT_RADIUS, x + JOINT_RADIUS, y + JOINT_RADIUS), fill=color)
+        if shown[first - 1] and shown[second - 1]:
+            draw.line([points[first - 1], points[second - 1]], fill=color, width=BOX_WIDTH)
+    for (x, y), drawn in zip(points, shown):
+        if drawn:
+            draw.ellipse((x - JOINT_RADIUS, y - JOINT_RADIUS, x + JOINT_RADIUS, y + JOINT_RADIUS), fill=color)
 
 
 def _color(category_id: int) -> tuple[int, int, int]:
