@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from keypointdet.data.coco import load_coco
 from keypointdet.data.synthetic import generate_dataset
+from keypointdet.data.synthetic_pose import generate_pose_dataset
 from keypointdet.metrics import CocoMeanAveragePrecision, evaluate_detections
 from keypointdet.runs.evaluate import evaluate
 
@@ -176,3 +177,39 @@ def test_fake_two_rank_gather_keeps_each_image_once(tmp_path):
         assert evaluator.compute() == expected
         assert sorted(det["image_id"] for det in evaluator.results) == [1, 2, 3, 4, 5]
     assert expected["mAR100"] == pytest.approx(0.8)
+
+
+def test_two_process_ddp_keypoint_evaluation_equals_one_process(tmp_path, one_thread):
+    """The pose model's keypoint AP under DDP: exactly the 1-process metrics on every rank (half the images'
+    ground truth replaced by the checkpoint's own skeletons, so that an untrained network scores between 0 and 1)."""
+    dataset = tmp_path / "data"
+    generate_pose_dataset(dataset, num_train=4, num_val=7, seed=3, image_size=64, figure_height=(30.0, 50.0))
+    ckpt_path = with_constant_sizes(tiny_checkpoint(dataset, tmp_path, "centernet_pose"))
+    data = dict(torch.load(ckpt_path, weights_only=True)["datamodule_hyper_parameters"])
+    data = {"_target_": "keypointdet.data.datamodule.DetectionDataModule", **data, "val_batch_size": 1}
+    evaluate(eval_config(ckpt_path, data, tmp_path / "first", devices=1))
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    val_ann = partly_matched_ground_truth(dataset / "val.json", first, tmp_path / "val.json")
+    ground_truth = json.loads(val_ann.read_text())
+    own = {(det["image_id"], *det["bbox"]): det["keypoints"] for det in first}
+    for ann in ground_truth["annotations"]:
+        if ann["id"] >= 10_000:  # a detection made ground truth: its joints too, each labelled visible
+            joints = own[(ann["image_id"], *ann["bbox"])]
+            ann["keypoints"] = [value for x, y, _ in zip(*[iter(joints)] * 3) for value in (x, y, 2)]
+            ann["num_keypoints"] = len(joints) // 3
+    val_ann.write_text(json.dumps(ground_truth))
+    data["val_ann"] = str(val_ann)
+
+    single = evaluate(eval_config(ckpt_path, data, tmp_path / "single", devices=1))
+    assert 0.0 < single["val/kp_mAP"] < 1.0
+
+    config = tmp_path / "ddp.yaml"
+    OmegaConf.save(eval_config(ckpt_path, data, tmp_path / "ddp", devices=2), config)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(config)], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "ddp" / f"rank{rank}.json").read_text()) == single
