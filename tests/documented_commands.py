@@ -180,8 +180,8 @@ COMMANDS: dict[str, tuple[str, ...] | NotRun | Slow] = {
     # Paper recipes (on 1 CPU device, 64 px)
     "python train.py experiment=centernet_resnet18_coco data.root=/data/coco2017": RECIPE_ON_CPU,
     "python train.py experiment=centernet_dla34_coco data.root=/data/coco2017": RECIPE_ON_CPU,
-    "python train.py experiment=centernet_hourglass104_coco data.root=/data/coco2017": Slow(),
-    "python train.py experiment=cornernet_hourglass104_coco data.root=/data/coco2017": Slow(),
+    "python train.py experiment=centernet_hourglass104_coco data.root=/data/coco2017": Slow(RECIPE_ON_CPU),
+    "python train.py experiment=cornernet_hourglass104_coco data.root=/data/coco2017": Slow(RECIPE_ON_CPU),
     "python train.py experiment=centernet_pose_dla34_coco data.root=/data/coco2017": RECIPE_ON_CPU,
     # Results
     "python train.py model=cornernet": (),
