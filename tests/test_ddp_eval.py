@@ -90,6 +90,28 @@ def partly_matched_ground_truth(val_ann, results, path):
     return path
 
 
+def first_evaluation(dataset, tmp_path, model: str) -> tuple:
+    """A one-step tiny ``model`` checkpoint (its sizes constant), its validation data config and its detections."""
+    ckpt_path = with_constant_sizes(tiny_checkpoint(dataset, tmp_path, model))
+    data = dict(torch.load(ckpt_path, weights_only=True)["datamodule_hyper_parameters"])
+    data = {"_target_": "keypointdet.data.datamodule.DetectionDataModule", **data, "val_batch_size": 1}
+    evaluate(eval_config(ckpt_path, data, tmp_path / "first", devices=1))
+    return ckpt_path, data, json.loads((tmp_path / "first" / "results.json").read_text())
+
+
+def two_process_metrics(ckpt_path, data: dict, tmp_path) -> list[dict]:
+    """The metrics each rank of a 2-process DDP ``eval`` returns (output folder ``tmp_path / "ddp"``)."""
+    config = tmp_path / "ddp.yaml"
+    OmegaConf.save(eval_config(ckpt_path, data, tmp_path / "ddp", devices=2), config)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(config)], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads((tmp_path / "ddp" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread, like each of the 2 DDP processes on 2 cores (Lightning gives each
@@ -103,26 +125,14 @@ def one_thread():
 def test_two_process_ddp_evaluation_equals_one_process(tmp_path, one_thread):
     dataset = tmp_path / "data"
     generate_dataset(dataset, num_train=4, num_val=7, seed=3)  # 7: the distributed sampler pads a duplicate
-    ckpt_path = with_constant_sizes(tiny_checkpoint(dataset, tmp_path, "centernet"))
-    data = dict(torch.load(ckpt_path, weights_only=True)["datamodule_hyper_parameters"])
-    data = {"_target_": "keypointdet.data.datamodule.DetectionDataModule", **data, "val_batch_size": 1}
-    evaluate(eval_config(ckpt_path, data, tmp_path / "first", devices=1))
-    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    ckpt_path, data, first = first_evaluation(dataset, tmp_path, "centernet")
     data["val_ann"] = str(partly_matched_ground_truth(dataset / "val.json", first, tmp_path / "val.json"))
 
     single = evaluate(eval_config(ckpt_path, data, tmp_path / "single", devices=1))
     assert 0.0 < single["val/mAP"] < 1.0
 
-    config = tmp_path / "ddp.yaml"
-    OmegaConf.save(eval_config(ckpt_path, data, tmp_path / "ddp", devices=2), config)
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    run = subprocess.run(
-        [sys.executable, str(script), str(config)], check=False, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    for rank in (0, 1):  # logged on every rank (what ModelCheckpoint monitors), exactly the 1-process values
-        assert json.loads((tmp_path / "ddp" / f"rank{rank}.json").read_text()) == single
+    # logged on every rank (what ModelCheckpoint monitors), exactly the 1-process values
+    assert two_process_metrics(ckpt_path, data, tmp_path) == [single, single]
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text()) == single
     ddp_results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     single_results = json.loads((tmp_path / "single" / "results.json").read_text())
@@ -184,11 +194,7 @@ def test_two_process_ddp_keypoint_evaluation_equals_one_process(tmp_path, one_th
     ground truth replaced by the checkpoint's own skeletons, so that an untrained network scores between 0 and 1)."""
     dataset = tmp_path / "data"
     generate_pose_dataset(dataset, num_train=4, num_val=7, seed=3, image_size=64, figure_height=(30.0, 50.0))
-    ckpt_path = with_constant_sizes(tiny_checkpoint(dataset, tmp_path, "centernet_pose"))
-    data = dict(torch.load(ckpt_path, weights_only=True)["datamodule_hyper_parameters"])
-    data = {"_target_": "keypointdet.data.datamodule.DetectionDataModule", **data, "val_batch_size": 1}
-    evaluate(eval_config(ckpt_path, data, tmp_path / "first", devices=1))
-    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    ckpt_path, data, first = first_evaluation(dataset, tmp_path, "centernet_pose")
     val_ann = partly_matched_ground_truth(dataset / "val.json", first, tmp_path / "val.json")
     ground_truth = json.loads(val_ann.read_text())
     own = {(det["image_id"], *det["bbox"]): det["keypoints"] for det in first}
@@ -203,13 +209,4 @@ def test_two_process_ddp_keypoint_evaluation_equals_one_process(tmp_path, one_th
     single = evaluate(eval_config(ckpt_path, data, tmp_path / "single", devices=1))
     assert 0.0 < single["val/kp_mAP"] < 1.0
 
-    config = tmp_path / "ddp.yaml"
-    OmegaConf.save(eval_config(ckpt_path, data, tmp_path / "ddp", devices=2), config)
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    run = subprocess.run(
-        [sys.executable, str(script), str(config)], check=False, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    for rank in (0, 1):
-        assert json.loads((tmp_path / "ddp" / f"rank{rank}.json").read_text()) == single
+    assert two_process_metrics(ckpt_path, data, tmp_path) == [single, single]
