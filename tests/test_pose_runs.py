@@ -48,6 +48,11 @@ def test_the_pose_model_defaults_to_the_embedded_pose_dataset_and_its_keypoint_s
     coco = composed("model=centernet_pose", "data=coco_keypoints", "data.root=/data/coco2017")
     assert len(coco.model.keypoints.sigmas) == 17 and coco.data.annotation_prefix == "person_keypoints"
     assert coco.model.targets.max_objects == 32
+    # validated with the flip test unless tta=none; the COCO recipe decodes with the official threshold
+    assert cfg.model.tta.flip and not composed("model=centernet_pose", "tta=none").model.tta.flip
+    assert not composed().model.tta.flip
+    recipe = composed("experiment=centernet_pose_dla34_coco", "data.root=/data/coco2017")
+    assert recipe.model.joint_threshold == 0.1 and recipe.model.targets.radius_variant == "centernet"
 
 
 # 2 steps an epoch, and a schedule that does not depend on the number of epochs (a run can be resumed for more)
